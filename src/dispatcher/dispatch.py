@@ -1,0 +1,128 @@
+"""``Dispatcher``: resolve → lookup → forward, and the seed's error bodies. The hot path.
+
+Per request it reads one immutable ``Snapshot`` (swapped whole by the ``SnapshotWatcher``):
+a dict lookup or three to resolve, one to look the worker up, then the worker's forwarder
+runs in a task. Errors are answered at once, without a task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from dispatcher.errors import (
+    InternalError,
+    NamespaceMissing,
+    RequestError,
+    ServiceNotFound,
+    WorkerNotDeployed,
+)
+from dispatcher.http import BodyStream, ClientDisconnected, RequestHead, ResponseWriter
+from dispatcher.namespaces import Snapshot, Worker
+
+if TYPE_CHECKING:
+    from dispatcher.settings import RoutePattern
+
+logger = logging.getLogger("dispatcher.dispatch")
+
+HEALTH_PATH = "/health"
+
+
+class Dispatcher:
+    """Handles routed requests for one environment; ``snapshot`` is replaced, never mutated."""
+
+    __slots__ = ("snapshot", "_own_hosts", "_accept_patterns")
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        own_hosts: frozenset[str],
+        accept_patterns: tuple[RoutePattern, ...] = (),
+    ) -> None:
+        self.snapshot = snapshot
+        self._own_hosts = own_hosts
+        self._accept_patterns = accept_patterns
+
+    def handle(
+        self, head: RequestHead, body: BodyStream, exchange: ResponseWriter
+    ) -> Coroutine[Any, Any, None] | None:
+        """Answer at once (health, errors) or return the coroutine that forwards."""
+        snapshot = self.snapshot
+        if head.path == HEALTH_PATH and head.host in self._own_hosts:
+            self._answer_health(snapshot, exchange)
+            return None
+        match = snapshot.routes.resolve(head.host, head.path)
+        if match is None or (self._accept_patterns and not self._is_accepted(head)):
+            services = snapshot.routes.services
+            self._reject(ServiceNotFound(head.host, head.path, services), exchange)
+            return None
+        namespace = snapshot.namespace
+        if namespace is None:
+            logger.error(
+                "Namespace not found for environment: %s (namespace %s missing from the store; "
+                "request %s %s%s)",
+                snapshot.environment,
+                snapshot.namespace_name,
+                head.method,
+                head.host,
+                head.path,
+            )
+            self._reject(NamespaceMissing(snapshot.environment), exchange)
+            return None
+        worker = namespace.workers.get(match.worker)
+        if worker is None:
+            self._reject(WorkerNotDeployed(match.worker, snapshot.environment), exchange)
+            return None
+        head.route = match
+        return self._forward(worker, head, body, exchange)
+
+    def handle_error(self, error: RequestError, exchange: ResponseWriter) -> None:
+        """A request the connection could not parse or finish: answer its status and close."""
+        exchange.send_error(error.status, error.body())
+
+    def _reject(self, error: RequestError, exchange: ResponseWriter) -> None:
+        exchange.send_error(error.status, error.body())
+
+    def _is_accepted(self, head: RequestHead) -> bool:
+        return any(p.matches(head.host, head.path) for p in self._accept_patterns)
+
+    async def _forward(
+        self, worker: Worker, head: RequestHead, body: BodyStream, exchange: ResponseWriter
+    ) -> None:
+        try:
+            await worker.forwarder.forward(worker, head, body, exchange)
+        except ClientDisconnected:
+            exchange.abort()
+        except Exception:
+            error_id = secrets.token_hex(6)
+            logger.exception(
+                "Dispatch error %s: %s %s%s -> worker %s in %s",
+                error_id,
+                head.method,
+                head.host,
+                head.path,
+                worker.name,
+                worker.deployment.namespace,
+            )
+            if exchange.is_started:
+                exchange.abort()
+            else:
+                error = InternalError(f"Unexpected error while dispatching (error id {error_id})")
+                exchange.send_error(error.status, error.body())
+
+    def _answer_health(self, snapshot: Snapshot, exchange: ResponseWriter) -> None:
+        namespace = snapshot.namespace
+        fields: dict[str, Any] = {
+            "status": "ok" if namespace is not None else "degraded",
+            "environment": snapshot.environment,
+            "namespace": snapshot.namespace_name,
+            "workers": len(namespace.workers) if namespace is not None else 0,
+            "revision": snapshot.revision,
+        }
+        if namespace is None:
+            fields["reason"] = f"Namespace not found for environment: {snapshot.environment}"
+        exchange.send_error(200 if namespace is not None else 503, json.dumps(fields).encode())

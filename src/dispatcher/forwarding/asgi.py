@@ -1,0 +1,258 @@
+"""In-process ASGI workers: ``AppHost`` loads apps and runs their lifespan once;
+``AppForwarder`` turns a request into an ASGI ``http`` scope and the app's messages into a
+response.
+
+Example::
+
+    host = AppHost()
+    forwarder = await host.forwarder_for("dispatcher.echo:app")   # lifespan startup ran
+    ...
+    await host.aclose()                                            # lifespan shutdown ran
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
+
+from dispatcher.errors import ConfigError
+from dispatcher.http import BodyStream, RequestHead, ResponseWriter
+from dispatcher.types import ASGIApp, Message, Scope
+
+if TYPE_CHECKING:
+    from dispatcher.namespaces import Worker
+
+logger = logging.getLogger("dispatcher.asgi")
+
+_ASGI: Final = {"version": "3.0", "spec_version": "2.4"}
+_DISCONNECT: Final = {"type": "http.disconnect"}
+
+
+class AppForwarder:
+    """Serves requests with one in-process ASGI app (http scope, ASGI 3)."""
+
+    __slots__ = ("app", "import_path", "_state")
+
+    def __init__(self, app: ASGIApp, import_path: str, state: dict[str, Any]) -> None:
+        self.app = app
+        self.import_path = import_path
+        self._state = state
+
+    def __repr__(self) -> str:
+        return f"<AppForwarder {self.import_path}>"
+
+    async def forward(
+        self, worker: Worker, head: RequestHead, body: BodyStream, response: ResponseWriter
+    ) -> None:
+        scope = self._scope(worker, head)
+        exchange = _AsgiExchange(head, body, response)
+        await self.app(scope, exchange.receive, exchange.send)
+        if not exchange.is_complete and not response.is_disconnected:
+            exchange.finish_incomplete()
+
+    def _scope(self, worker: Worker, head: RequestHead) -> Scope:
+        path = head.path
+        route = head.route
+        return {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": head.http_version,
+            "method": head.method,
+            "scheme": head.scheme,
+            "path": unquote(path) if "%" in path else path,
+            "raw_path": path.encode("ascii"),
+            "query_string": head.query,
+            "root_path": "",
+            "headers": head.headers,
+            "client": head.client,
+            "server": head.server,
+            "state": self._state.copy(),
+            "extensions": {
+                "dispatcher": {
+                    "service": route.service if route is not None else worker.name,
+                    "worker": worker.name,
+                    "environment": worker.environment,
+                    "namespace": worker.deployment.namespace,
+                }
+            },
+        }
+
+
+class _AsgiExchange:
+    """The receive/send pair of one request: body chunks in, response messages out."""
+
+    __slots__ = (
+        "_is_head",
+        "_body",
+        "_response",
+        "_status",
+        "_headers",
+        "_is_body_read",
+        "is_complete",
+    )
+
+    def __init__(self, head: RequestHead, body: BodyStream, response: ResponseWriter) -> None:
+        self._is_head = head.method == "HEAD"
+        self._body = body
+        self._response = response
+        self._status = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._is_body_read = False
+        self.is_complete = False
+
+    async def receive(self) -> Message:
+        body = self._body
+        if self._is_body_read:
+            await body.wait_disconnect()
+            return _DISCONNECT
+        try:
+            chunk = await body.read()
+        except Exception:  # disconnected, over the limit, timed out: the client is gone
+            self._is_body_read = True
+            return _DISCONNECT
+        more_body = not body.is_exhausted
+        self._is_body_read = not more_body
+        return {"type": "http.request", "body": chunk, "more_body": more_body}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            await self._send_body(message.get("body", b""), message.get("more_body", False))
+        elif kind == "http.response.start":
+            if self._status:
+                raise RuntimeError("ASGI app sent 'http.response.start' twice")
+            self._status = int(message["status"])
+            self._headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
+        else:
+            raise RuntimeError(f"ASGI app sent an unexpected message type {kind!r}")
+
+    async def _send_body(self, data: bytes, more_body: bool) -> None:
+        response = self._response
+        if not self._status:
+            raise RuntimeError("ASGI app sent a body before 'http.response.start'")
+        if self.is_complete:
+            return
+        if not response.is_started:
+            length = None if more_body or self._is_head else len(data)
+            response.start(self._status, self._headers, content_length=length)
+        response.write(data)
+        if more_body:
+            await response.drain()
+        else:
+            self.is_complete = True
+            response.end()
+
+    def finish_incomplete(self) -> None:
+        """The app returned without finishing: before a start it is a 500, after it an abort."""
+        if self._response.is_started:
+            self._response.abort()
+        else:
+            raise RuntimeError("ASGI app returned without sending a response")
+
+
+class _Lifespan:
+    """Runs an app's lifespan protocol: startup once, shutdown once."""
+
+    __slots__ = ("_app", "_name", "_state", "_inbox", "_outbox", "_task", "_is_supported")
+
+    def __init__(self, app: ASGIApp, name: str, state: dict[str, Any]) -> None:
+        self._app = app
+        self._name = name
+        self._state = state
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._is_supported = True
+
+    async def startup(self) -> None:
+        scope = {"type": "lifespan", "asgi": _ASGI, "state": self._state}
+        self._task = asyncio.get_running_loop().create_task(self._run(scope))
+        await self._inbox.put({"type": "lifespan.startup"})
+        reply = await self._outbox.get()
+        if reply["type"] == "lifespan.startup.failed":
+            raise ConfigError(
+                f"worker app {self._name}: startup failed: {reply.get('message', '')}"
+            )
+
+    async def shutdown(self) -> None:
+        if self._task is None or not self._is_supported or self._task.done():
+            return
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        reply = await self._outbox.get()
+        if reply["type"] == "lifespan.shutdown.failed":
+            logger.error("worker app %s: shutdown failed: %s", self._name, reply.get("message", ""))
+        await self._task
+
+    async def _run(self, scope: Scope) -> None:
+        try:
+            await self._app(scope, self._inbox.get, self._outbox.put)
+        except Exception as exc:
+            # uvicorn's "auto" rule: an app that raises on the lifespan scope does not speak it.
+            self._is_supported = False
+            logger.info("worker app %s does not support lifespan (%r)", self._name, exc)
+        finally:
+            await self._outbox.put({"type": "lifespan.unsupported"})
+
+
+class AppHost:
+    """Loads in-process ASGI apps by import path; one instance and one lifespan per app."""
+
+    __slots__ = ("_preloaded", "_forwarders", "_lifespans", "_lock")
+
+    def __init__(self, preloaded: Mapping[str, ASGIApp] | None = None) -> None:
+        self._preloaded = dict(preloaded or {})
+        self._forwarders: dict[str, AppForwarder] = {}
+        self._lifespans: list[_Lifespan] = []
+        self._lock = asyncio.Lock()
+
+    async def forwarder_for(self, import_path: str) -> AppForwarder:
+        """The forwarder of an app, importing it and running its startup the first time."""
+        forwarder = self._forwarders.get(import_path)
+        if forwarder is not None:
+            return forwarder
+        async with self._lock:
+            forwarder = self._forwarders.get(import_path)
+            if forwarder is None:
+                forwarder = await self._start(import_path)
+                self._forwarders[import_path] = forwarder
+        return forwarder
+
+    async def _start(self, import_path: str) -> AppForwarder:
+        app = self._preloaded.get(import_path) or import_app(import_path)
+        state: dict[str, Any] = {}
+        lifespan = _Lifespan(app, import_path, state)
+        await lifespan.startup()
+        self._lifespans.append(lifespan)
+        return AppForwarder(app, import_path, state)
+
+    async def aclose(self) -> None:
+        """Run every app's lifespan shutdown, newest first."""
+        while self._lifespans:
+            await self._lifespans.pop().shutdown()
+        self._forwarders.clear()
+
+
+def import_app(import_path: str) -> ASGIApp:
+    """``"package.module:attribute"`` → the object; ``ConfigError`` says what failed."""
+    module_name, _, attribute = import_path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"worker app {import_path}: cannot import {module_name!r}: {exc}"
+        ) from exc
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise ConfigError(
+                f"worker app {import_path}: {module_name} has no {attribute!r}"
+            ) from exc
+    if not callable(obj):
+        raise ConfigError(f"worker app {import_path} is not callable")
+    app: ASGIApp = obj
+    return app

@@ -1,0 +1,117 @@
+"""What crosses from a connection to a worker: ``RequestHead``, ``BodyStream``, ``ResponseWriter``.
+
+A worker's forwarder receives the parsed head, reads the body as a stream of byte chunks
+and answers through the writer; the connection (``server/protocol.py``) owns the framing.
+
+Example::
+
+    async def forward(self, worker, head, body, response):
+        while chunk := await body.read():
+            ...
+        response.start(200, [(b"content-type", b"text/plain")])
+        response.write(b"hello")
+        response.end()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from dispatcher.errors import DispatcherError
+from dispatcher.types import Header
+
+if TYPE_CHECKING:
+    from dispatcher.routing import RouteMatch
+
+
+class ClientDisconnected(DispatcherError):
+    """The client went away before the exchange finished (logged as 499)."""
+
+
+class ResponseHeaderError(DispatcherError):
+    """A worker produced a header that cannot be sent (CR, LF or NUL; a bad name)."""
+
+
+@dataclass(slots=True, eq=False)
+class RequestHead:
+    """The parsed request line and headers, plus the canonical host and path.
+
+    ``headers`` keeps every line in order with repeats; names are lower-cased (as ASGI and
+    HTTP/2 require), values are raw bytes. ``path`` is the canonical path (see
+    ``normalize``), still percent-encoded; ``target`` is what the client sent.
+    """
+
+    method: str
+    target: bytes
+    path: str
+    query: bytes
+    headers: list[Header]
+    host: str
+    http_version: str
+    client: tuple[str, int] | None = None
+    server: tuple[str, int] | None = None
+    scheme: str = "http"
+    route: RouteMatch | None = field(default=None)
+
+
+class BodyStream(Protocol):
+    """The request body as a stream; flow control pauses the client while nobody reads."""
+
+    async def read(self) -> bytes:
+        """The next chunk; ``b""`` once the body is complete. Raises ``ClientDisconnected``."""
+        ...
+
+    @property
+    def is_complete(self) -> bool:
+        """True once the last chunk has been received (it may still be unread)."""
+        ...
+
+    @property
+    def is_exhausted(self) -> bool:
+        """True once the last chunk has been received and read."""
+        ...
+
+    async def wait_disconnect(self) -> None:
+        """Wait until the client goes away or the response has been sent."""
+        ...
+
+
+class ResponseWriter(Protocol):
+    """Writes one response on the connection, choosing the framing (length, chunked, close)."""
+
+    @property
+    def is_started(self) -> bool:
+        """True once the status line has been committed."""
+        ...
+
+    @property
+    def is_disconnected(self) -> bool:
+        """True once the client has gone; further writes are dropped."""
+        ...
+
+    def start(
+        self, status: int, headers: list[Header], *, content_length: int | None = None
+    ) -> None:
+        """Commit status and headers; ``content_length`` frames the body when known."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Send body bytes (chunk-framed when the length is unknown)."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait while the client is slow to read (transport write buffer over its mark)."""
+        ...
+
+    def end(self) -> None:
+        """Finish the response; the connection moves on to the next request or closes."""
+        ...
+
+    def abort(self) -> None:
+        """Close the connection abruptly so a partial body can never look complete."""
+        ...
+
+    def send_error(self, status: int, body: bytes) -> None:
+        """Answer a whole JSON error response (``start`` + ``write`` + ``end``)."""
+        ...

@@ -1,0 +1,1 @@
+"""How bytes arrive: our HTTP/1.1 server on uvloop and httptools."""

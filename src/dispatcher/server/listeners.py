@@ -1,0 +1,86 @@
+"""``Listener``: binds a socket, serves ``HttpProtocol`` connections, drives the coarse
+clock, and drains connections gracefully on stop.
+
+Example::
+
+    listener = Listener(dispatcher, limits)
+    await listener.start("127.0.0.1", 8787)
+    ...
+    await listener.stop(grace=30.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Final
+
+from dispatcher.server.protocol import HttpProtocol, RequestHandler, ServerState
+from dispatcher.settings import Limits
+
+logger = logging.getLogger("dispatcher.server")
+
+TICK_SECONDS: Final = 0.5
+BACKLOG: Final = 2048
+
+
+class Listener:
+    """One listening socket and its connections."""
+
+    __slots__ = ("_handler", "_limits", "_server", "_state", "_ticker", "sockets")
+
+    def __init__(self, handler: RequestHandler, limits: Limits) -> None:
+        self._handler = handler
+        self._limits = limits
+        self._server: asyncio.Server | None = None
+        self._state: ServerState | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.sockets: list[socket.socket] = []
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful after binding port 0)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._state.connections) if self._state is not None else 0
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        state = ServerState(loop, self._limits, self._handler)
+        self._state = state
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(state),
+            host,
+            port,
+            backlog=BACKLOG,
+            reuse_address=True,
+        )
+        self.sockets = list(self._server.sockets)
+        self._ticker = loop.create_task(self._tick(state))
+
+    async def _tick(self, state: ServerState) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            state.tick()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let in-flight responses finish for up to ``grace`` s, then cut."""
+        if self._server is None or self._state is None:
+            return
+        state = self._state
+        state.is_closing = True
+        self._server.close()
+        for connection in list(state.connections):
+            connection.shutdown()
+        deadline = asyncio.get_running_loop().time() + grace
+        while state.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(state.connections):
+            connection.abort()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self._server.wait_closed()
+        self._server = None

@@ -1,0 +1,809 @@
+"""``HttpProtocol``: one client connection, parsed by httptools and framed by us.
+
+It enforces the limits and deadlines of ``Limits`` (request line, header line, header block
+and count, header deadline, body idle timeout, keep-alive idle, body size), answers pipelined
+requests in order, streams request bodies with flow control in both directions, handles
+``Expect: 100-continue`` and honours ``Connection: close``. What to do with a request is the
+``RequestHandler``'s business (the ``Dispatcher``): the protocol hands it a ``RequestHead``,
+a ``RequestBody`` and the ``Exchange`` that writes the response.
+
+Deadlines are checked by the listener's once-per-tick sweep against a coarse clock
+(``ServerState.now``), so arming one costs an attribute store, not a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import deque
+from collections.abc import Coroutine
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Final, Protocol, cast
+
+import httptools
+
+from dispatcher.errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RequestError,
+    RequestTimeout,
+    UriTooLong,
+)
+from dispatcher.http import ClientDisconnected, RequestHead, ResponseHeaderError
+from dispatcher.normalize import normalize_host, normalize_path
+from dispatcher.settings import Limits
+from dispatcher.types import Header
+
+logger = logging.getLogger("dispatcher.server")
+
+_STATUS_LINES: Final = {
+    int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus
+}
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(rb"[\x00\r\n]")
+_JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+
+# What on_header remembers besides storing the line (one dict lookup per header).
+_HOST, _EXPECT, _CONTENT_LENGTH, _CONNECTION = 1, 2, 3, 4
+_SPECIAL_HEADERS: Final = {
+    b"host": _HOST,
+    b"expect": _EXPECT,
+    b"content-length": _CONTENT_LENGTH,
+    b"connection": _CONNECTION,
+}
+
+# Deadline kinds: what happens when ``_deadline`` passes.
+_NO_DEADLINE, _IDLE, _HEAD, _BODY, _DRAIN = 0, 1, 2, 3, 4
+
+
+class RequestHandler(Protocol):
+    """What the connection hands a parsed request to (the ``Dispatcher``)."""
+
+    def handle(
+        self, head: RequestHead, body: RequestBody, exchange: Exchange
+    ) -> Coroutine[Any, Any, None] | None:
+        """Answer at once and return ``None``, or return the coroutine that will answer."""
+        ...
+
+    def handle_error(self, error: RequestError, exchange: Exchange) -> None:
+        """Answer a request that failed before it could be handled (bad head, timeout)."""
+        ...
+
+
+class ServerState:
+    """Shared by the connections of one listener: coarse clock, Date line, live connections."""
+
+    __slots__ = ("loop", "limits", "handler", "now", "date_line", "connections", "is_closing")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, limits: Limits, handler: RequestHandler
+    ) -> None:
+        self.loop = loop
+        self.limits = limits
+        self.handler = handler
+        self.now = loop.time()
+        self.date_line = b""
+        self.connections: set[HttpProtocol] = set()
+        self.is_closing = False
+        self.tick()
+
+    def tick(self) -> None:
+        """Advance the coarse clock and the Date header, then expire overdue connections."""
+        self.now = self.loop.time()
+        self.date_line = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
+        for connection in list(self.connections):
+            connection.check_deadline(self.now)
+
+
+class RequestBody:
+    """The request body as a stream of chunks, with flow control towards the client."""
+
+    __slots__ = (
+        "_protocol",
+        "_exchange",
+        "_chunks",
+        "_buffered",
+        "_received",
+        "_limit",
+        "_is_complete",
+        "_error",
+        "_waiter",
+        "_is_discarding",
+    )
+
+    def __init__(self, protocol: HttpProtocol, limit: int) -> None:
+        self._protocol = protocol
+        self._exchange: Exchange | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._received = 0
+        self._limit = limit
+        self._is_complete = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._is_discarding = False
+
+    @property
+    def is_complete(self) -> bool:
+        return self._is_complete
+
+    @property
+    def is_exhausted(self) -> bool:
+        """True once every chunk has been received and read."""
+        return self._is_complete and not self._chunks
+
+    async def wait_disconnect(self) -> None:
+        """Wait until the client goes away or the response has been sent (ASGI semantics)."""
+        exchange = self._exchange
+        while self._error is None and not (exchange is not None and exchange.is_ended):
+            self._waiter = self._protocol.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def wake(self) -> None:
+        """Wake a reader waiting on this body (the exchange ended, or the client left)."""
+        self._wake()
+
+    async def read(self) -> bytes:
+        """The next chunk, ``b""`` at the end; raises ``ClientDisconnected`` or the limit error."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered <= self._protocol.low_water:
+                    self._protocol.release_body_pressure()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self._is_complete:
+                return b""
+            exchange = self._exchange
+            if exchange is not None:
+                exchange.send_continue()
+            self._waiter = self._protocol.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def feed(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._limit and self._received > self._limit:
+            raise PayloadTooLarge(f"request body is larger than {self._limit} bytes")
+        if self._is_discarding:
+            return
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > self._protocol.high_water:
+            self._protocol.apply_body_pressure()
+        self._wake()
+
+    def finish(self) -> None:
+        self._is_complete = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if self._error is None and not self._is_complete:
+            self._error = error
+        self._wake()
+
+    def discard(self) -> None:
+        """Drop what remains: the response is done and the body only has to be drained."""
+        self._is_discarding = True
+        self._chunks.clear()
+        self._buffered = 0
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Exchange:
+    """One request/response exchange; implements ``ResponseWriter`` for the worker."""
+
+    __slots__ = (
+        "_protocol",
+        "head",
+        "body",
+        "error",
+        "_keep_alive",
+        "_is_head_request",
+        "_expects_continue",
+        "_continue_sent",
+        "_is_started",
+        "_is_ended",
+        "_is_chunked",
+        "_has_no_body",
+        "_must_close",
+        "_pending",
+        "status",
+        "task",
+    )
+
+    def __init__(
+        self,
+        protocol: HttpProtocol,
+        head: RequestHead | None,
+        body: RequestBody | None,
+        *,
+        keep_alive: bool = True,
+        expects_continue: bool = False,
+        error: RequestError | None = None,
+    ) -> None:
+        self._protocol = protocol
+        self.head = head
+        self.body = body
+        self.error = error
+        self._keep_alive = keep_alive and error is None
+        self._is_head_request = head is not None and head.method == "HEAD"
+        self._expects_continue = expects_continue
+        self._continue_sent = False
+        self._is_started = False
+        self._is_ended = False
+        self._is_chunked = False
+        self._has_no_body = False
+        self._must_close = False
+        self._pending = b""
+        self.status = 0
+        self.task: asyncio.Task[None] | None = None
+        if body is not None:
+            body._exchange = self
+
+    @property
+    def is_started(self) -> bool:
+        return self._is_started
+
+    @property
+    def is_disconnected(self) -> bool:
+        return self._protocol.transport is None
+
+    @property
+    def is_ended(self) -> bool:
+        return self._is_ended
+
+    def send_continue(self) -> None:
+        """Send ``100 Continue`` the first time the worker waits for a body it was promised."""
+        if self._expects_continue and not self._continue_sent and not self._is_started:
+            self._continue_sent = True
+            self._protocol.write(_CONTINUE)
+
+    def start(
+        self, status: int, headers: list[Header], *, content_length: int | None = None
+    ) -> None:
+        if self._is_ended:
+            return  # the exchange was already answered for the worker (timeout, limit)
+        if self._is_started:
+            raise RuntimeError("response already started")
+        parts = [_STATUS_LINES.get(status) or _status_line(status)]
+        has_length = content_length is not None
+        if content_length is not None:
+            parts.append(b"content-length: %d\r\n" % content_length)
+        for name, value in headers:
+            lname = _validated_name(name)
+            if _HEADER_VALUE_FORBIDDEN.search(value) is not None:
+                raise ResponseHeaderError(f"header {name!r} has CR, LF or NUL in its value")
+            if lname == b"content-length":
+                if has_length:
+                    continue
+                has_length = True
+            elif lname == b"transfer-encoding" or lname == b"connection":
+                if lname == b"connection" and b"close" in value.lower():
+                    self._must_close = True
+                continue
+            parts.append(name + b": " + value + b"\r\n")
+        self._frame(status, has_length, parts)
+        self._is_started = True
+        self.status = status
+        self._pending = b"".join(parts)
+
+    def _frame(self, status: int, has_length: bool, parts: list[bytes]) -> None:
+        """Decide how the body is delimited and add the framing headers (RFC 9112 §6)."""
+        self._has_no_body = self._is_head_request or status < 200 or status in (204, 304)
+        if not has_length and not self._has_no_body:
+            if self.head is not None and self.head.http_version == "1.1":
+                self._is_chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self._must_close = True
+        if self._must_close or not self._keep_alive or self._protocol.state.is_closing:
+            self._must_close = True
+            parts.append(b"connection: close\r\n")
+        parts.append(self._protocol.state.date_line)
+        parts.append(b"\r\n")
+
+    def write(self, data: bytes) -> None:
+        if self._has_no_body or self._is_ended or not data:
+            return
+        if self._is_chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        self._protocol.write(data)
+
+    async def drain(self) -> None:
+        await self._protocol.drain()
+
+    def end(self) -> None:
+        if self._is_ended:
+            return
+        tail = _LAST_CHUNK if self._is_chunked else b""
+        if self._pending or tail:
+            self._protocol.write(self._pending + tail)
+            self._pending = b""
+        self._is_ended = True
+        if self.body is not None:
+            self.body.wake()
+        self._protocol.on_exchange_end(self)
+
+    def abort(self) -> None:
+        self._is_ended = True
+        self._must_close = True
+        self._protocol.abort()
+
+    def send_error(self, status: int, body: bytes) -> None:
+        if self._is_started:
+            self.abort()
+            return
+        self.start(status, _JSON_HEADERS, content_length=len(body))
+        self.write(body)
+        self.end()
+
+    @property
+    def must_close(self) -> bool:
+        return self._must_close or not self._keep_alive
+
+    def close_after(self) -> None:
+        """Close the connection once this response has been sent."""
+        self._keep_alive = False
+
+    @property
+    def request_is_unread(self) -> bool:
+        """True when the client was promised nothing and still holds back its body."""
+        return self._expects_continue and not self._continue_sent
+
+    def on_task_done(self, task: asyncio.Task[None]) -> None:
+        """A handler task ended: a response it left unfinished must not look complete."""
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("handler failed", exc_info=task.exception())
+        if not self._is_ended:
+            if self._is_started or self.is_disconnected:
+                self.abort()
+            else:
+                self.send_error(
+                    500,
+                    b'{"error": "Internal server error", '
+                    b'"message": "worker returned without a response"}',
+                )
+
+
+def _validated_name(name: bytes) -> bytes:
+    if _HEADER_NAME.fullmatch(name) is None:
+        raise ResponseHeaderError(f"invalid header name {name!r}")
+    return name.lower()
+
+
+def _status_line(status: int) -> bytes:
+    if not 100 <= status <= 999:
+        raise ResponseHeaderError(f"invalid status code {status}")
+    return b"HTTP/1.1 %d \r\n" % status
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection: parse with httptools, frame, route through the handler, write."""
+
+    __slots__ = (
+        "state",
+        "loop",
+        "transport",
+        "_parser",
+        "_limits",
+        "high_water",
+        "low_water",
+        "_client",
+        "_server",
+        "_url",
+        "_headers",
+        "_header_bytes",
+        "_head_bytes",
+        "_host",
+        "_host_count",
+        "_expect",
+        "_content_length",
+        "_connection",
+        "_parsing",
+        "_active",
+        "_queue",
+        "_deadline",
+        "_deadline_kind",
+        "_is_reading_paused",
+        "_body_pressure",
+        "_is_write_paused",
+        "_drain_waiters",
+        "_is_parser_dead",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        limits = state.limits
+        self._limits = limits
+        self.high_water = limits.write_high_water
+        self.low_water = limits.write_high_water // 4
+        self._client: tuple[str, int] | None = None
+        self._server: tuple[str, int] | None = None
+        self._url = b""
+        self._headers: list[Header] = []
+        self._header_bytes = 0
+        self._head_bytes = 0
+        self._host: bytes | None = None
+        self._host_count = 0
+        self._expect: bytes | None = None
+        self._content_length: bytes | None = None
+        self._connection: bytes | None = None
+        self._parsing: Exchange | None = None
+        self._active: Exchange | None = None
+        self._queue: deque[Exchange] = deque()
+        self._deadline = 0.0
+        self._deadline_kind = _NO_DEADLINE
+        self._is_reading_paused = False
+        self._body_pressure = False
+        self._is_write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._is_parser_dead = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        self._client = _address(transport.get_extra_info("peername"))
+        self._server = _address(transport.get_extra_info("sockname"))
+        self.state.connections.add(self)
+        self._arm(_IDLE, self._limits.keepalive_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.state.connections.discard(self)
+        lost = ClientDisconnected("client disconnected")
+        for exchange in (self._active, self._parsing, *self._queue):
+            if exchange is not None and exchange.body is not None:
+                exchange.body.fail(lost)
+        self._release_drain_waiters()
+
+    def data_received(self, data: bytes) -> None:
+        if self._is_parser_dead:
+            return
+        if self._deadline_kind == _IDLE:
+            self._deadline_kind = _NO_DEADLINE
+        self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except RequestError as error:
+            self._fail(error)
+        except httptools.HttpParserUpgrade:
+            self._on_upgrade()
+        except httptools.HttpParserError as error:
+            self._fail(BadRequest(f"malformed request: {_parser_message(error)}"))
+        else:
+            if self._deadline_kind == _HEAD and self._head_bytes > self._head_limit():
+                self._fail(HeadersTooLarge("request head is larger than the configured limit"))
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still read our answer; close once it has been sent.
+        if self._active is None and not self._queue:
+            return False
+        for exchange in (self._active, *self._queue):
+            if exchange is not None:
+                exchange.close_after()
+        return True
+
+    def pause_writing(self) -> None:
+        self._is_write_paused = True
+
+    def resume_writing(self) -> None:
+        self._is_write_paused = False
+        self._release_drain_waiters()
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._host = None
+        self._host_count = 0
+        self._expect = None
+        self._content_length = None
+        self._connection = None
+        self._arm(_HEAD, self._limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_request_line:
+            raise UriTooLong(f"request target is longer than {self._limits.max_request_line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self._limits
+        size = len(name) + len(value)
+        self._header_bytes += size + 4
+        if size > limits.max_header_line:
+            raise HeadersTooLarge(f"a header line is longer than {limits.max_header_line} bytes")
+        if self._header_bytes > limits.max_header_bytes:
+            raise HeadersTooLarge(
+                f"request headers are larger than {limits.max_header_bytes} bytes"
+            )
+        if len(self._headers) >= limits.max_headers:
+            raise HeadersTooLarge(f"more than {limits.max_headers} request headers")
+        name = name.lower()
+        self._headers.append((name, value))
+        special = _SPECIAL_HEADERS.get(name)
+        if special is not None:
+            self._remember(special, value)
+
+    def _remember(self, special: int, value: bytes) -> None:
+        if special == _HOST:
+            self._host = value
+            self._host_count += 1
+        elif special == _EXPECT:
+            self._expect = value
+        elif special == _CONTENT_LENGTH:
+            self._content_length = value
+        else:
+            self._connection = value
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = 0
+        parser = self._parser
+        version = parser.get_http_version()
+        keep_alive = version == "1.1" and parser.should_keep_alive()
+        head = self._build_head(parser.get_method().decode("ascii"), version)
+        body = RequestBody(self, self._limits.max_body_bytes)
+        expects_continue = self._check_body_announcement(version)
+        exchange = Exchange(
+            self, head, body, keep_alive=keep_alive, expects_continue=expects_continue
+        )
+        self._parsing = exchange
+        self._arm(_BODY, self._limits.body_idle_timeout)
+        self._enqueue(exchange)
+
+    def on_body(self, chunk: bytes) -> None:
+        exchange = self._parsing
+        if exchange is not None and exchange.body is not None:
+            exchange.body.feed(chunk)
+            self._deadline = self.state.now + self._limits.body_idle_timeout
+
+    def on_message_complete(self) -> None:
+        exchange = self._parsing
+        self._parsing = None
+        if exchange is not None and exchange.body is not None:
+            exchange.body.finish()
+        if self._deadline_kind in (_BODY, _DRAIN, _HEAD):
+            self._deadline_kind = _NO_DEADLINE
+        if self._active is None and not self._queue:
+            self._arm(_IDLE, self._limits.keepalive_timeout)
+
+    # -- request head -------------------------------------------------------------------
+
+    def _build_head(self, method: str, version: str) -> RequestHead:
+        if method == "CONNECT":
+            raise MethodNotAllowed("CONNECT is not supported by this server")
+        target = self._url
+        if target[:1] != b"/":
+            raise BadRequest("request target must be in origin-form (a path starting with '/')")
+        question = target.find(b"?")
+        raw_path = target if question < 0 else target[:question]
+        query = b"" if question < 0 else target[question + 1 :]
+        path = normalize_path(raw_path.decode("latin-1"))
+        return RequestHead(
+            method,
+            target,
+            path,
+            query,
+            self._headers,
+            self._canonical_host(version),
+            version,
+            self._client,
+            self._server,
+        )
+
+    def _canonical_host(self, version: str) -> str:
+        if self._host_count > 1:
+            raise BadRequest("more than one Host header")
+        if self._host is None:
+            if version == "1.1":
+                raise BadRequest("missing Host header")
+            return ""
+        return normalize_host(self._host.decode("latin-1"))
+
+    def _check_body_announcement(self, version: str) -> bool:
+        """Reject an oversized Content-Length before any body byte is read; note Expect."""
+        limit = self._limits.max_body_bytes
+        if limit and self._content_length is not None and int(self._content_length) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        if self._expect is None:
+            return False
+        if self._expect.lower() != b"100-continue":
+            raise ExpectationFailed("only 'Expect: 100-continue' is supported")
+        return version == "1.1"
+
+    def _head_limit(self) -> int:
+        return self._limits.max_request_line + self._limits.max_header_bytes + 1024
+
+    # -- exchanges, in order ------------------------------------------------------------
+
+    def _enqueue(self, exchange: Exchange) -> None:
+        if self._active is None:
+            self._start(exchange)
+        else:
+            self._queue.append(exchange)
+            self._pause_reading()
+
+    def _start(self, exchange: Exchange) -> None:
+        self._active = exchange
+        if exchange.error is not None:
+            self.state.handler.handle_error(exchange.error, exchange)
+            return
+        assert exchange.head is not None and exchange.body is not None
+        coroutine = self.state.handler.handle(exchange.head, exchange.body, exchange)
+        if coroutine is not None:
+            task = self.loop.create_task(coroutine)
+            exchange.task = task
+            task.add_done_callback(exchange.on_task_done)
+
+    def on_exchange_end(self, exchange: Exchange) -> None:
+        """The response is written: close, or drain the request body and go on."""
+        if exchange is not self._active:
+            return
+        exchange.task = None
+        if exchange.must_close or self.transport is None or self.state.is_closing:
+            self._close()
+            return
+        body = exchange.body
+        if body is not None and not body.is_complete:
+            if exchange.request_is_unread:
+                self._close()
+                return
+            body.discard()
+            self._arm(_DRAIN, self._limits.body_idle_timeout)
+        self._active = None
+        if self._queue:
+            self._start(self._queue.popleft())
+            if not self._queue:
+                self._resume_reading()
+        elif self._parsing is None:
+            self._arm(_IDLE, self._limits.keepalive_timeout)
+            self._resume_reading()
+
+    def _fail(self, error: RequestError) -> None:
+        """Stop parsing; answer ``error`` after the requests already received, then close."""
+        self._is_parser_dead = True
+        self._pause_reading()
+        self._deadline_kind = _NO_DEADLINE
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None:
+            if parsing.body is not None:
+                parsing.body.fail(error)
+            if parsing.is_ended:
+                self._close()
+                return
+            if parsing is self._active:
+                parsing.close_after()
+                if not parsing.is_started:
+                    self.state.handler.handle_error(error, parsing)
+                return
+            if parsing in self._queue:
+                self._queue.remove(parsing)
+        self._enqueue(Exchange(self, None, None, keep_alive=False, error=error))
+
+    def _on_upgrade(self) -> None:
+        # Protocol upgrades (WebSocket) are not served yet: answer the request as plain HTTP
+        # and close, so no byte after the head is read as HTTP.
+        self._is_parser_dead = True
+        self._pause_reading()
+        for exchange in (self._active, *self._queue):
+            if exchange is not None:
+                exchange.close_after()
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    def _arm(self, kind: int, timeout: float) -> None:
+        self._deadline_kind = kind
+        self._deadline = self.state.now + timeout
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the listener's sweep; acts on an overdue head, body or idle wait."""
+        kind = self._deadline_kind
+        if kind == _NO_DEADLINE or now < self._deadline or self.transport is None:
+            return
+        self._deadline_kind = _NO_DEADLINE
+        if kind == _IDLE or kind == _DRAIN:
+            self._close()
+        elif kind == _HEAD:
+            self._fail(RequestTimeout("request headers were not received in time"))
+        else:
+            self._fail(RequestTimeout("request body was not received in time"))
+
+    def shutdown(self) -> None:
+        """Graceful stop: close now if idle, else once the current response is sent."""
+        if self._active is None and self._parsing is None:
+            self._close()
+        else:
+            for exchange in (self._active, *self._queue):
+                if exchange is not None:
+                    exchange.close_after()
+
+    # -- transport helpers ----------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+
+    async def drain(self) -> None:
+        if self._is_write_paused and self.transport is not None:
+            waiter = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+        if self.transport is None:
+            raise ClientDisconnected("client disconnected")
+
+    def _release_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def apply_body_pressure(self) -> None:
+        self._body_pressure = True
+        self._pause_reading()
+
+    def release_body_pressure(self) -> None:
+        if self._body_pressure:
+            self._body_pressure = False
+            if not self._queue:
+                self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._is_reading_paused and self.transport is not None:
+            self._is_reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._is_reading_paused and not self._body_pressure and not self._is_parser_dead:
+            self._is_reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _address(value: object) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
+
+
+def _parser_message(error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    return text.removeprefix("HPE_").replace("_", " ").lower() if text.isupper() else text

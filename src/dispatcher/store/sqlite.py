@@ -1,0 +1,642 @@
+"""``SQLiteStore``: the registry in one SQLite file (WAL), each write one transaction.
+
+Example::
+
+    async with await SQLiteStore.open(".dispatcher/registry.db") as store:
+        await store.ensure_namespaces([NamespaceName("dotdo-production")])
+        await store.deploy(
+            NamespaceName("dotdo-production"), WorkerName("gateway"),
+            AppTarget("gateway.app:app"), actor="ci",
+        )
+
+Several processes (each dispatcher process and the CLI) may open the same file: WAL lets
+readers run beside the one writer, and writers queue on SQLite's busy timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from types import MappingProxyType, TracebackType
+from typing import Any, Final, Literal, TypeVar
+
+from dispatcher.errors import (
+    ConfigError,
+    NamespaceNotEmpty,
+    NamespaceNotFound,
+    StoreError,
+    StoreUnavailable,
+    WorkerNotFound,
+)
+from dispatcher.types import NamespaceName, WorkerName
+from dispatcher.workers import Deployment, Target, target_from_json
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+AuditAction = Literal["deploy", "undeploy"]
+
+SYSTEM_ACTOR: Final = "system"
+"""Who the audit trail names for changes the store makes on its own (forced namespace delete)."""
+
+_BOOTSTRAP: Final = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)"
+
+_MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: namespaces, the append-only audit trail, and the current worker of each name.
+    # deployments has no foreign key to namespaces on purpose: its rows outlive the namespace.
+    """
+    INSERT INTO meta (key, value) VALUES ('revision', 0);
+    CREATE TABLE namespaces (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+    CREATE TABLE deployments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        revision INTEGER NOT NULL,
+        namespace TEXT NOT NULL,
+        worker TEXT NOT NULL,
+        action TEXT NOT NULL,
+        version INTEGER,
+        target TEXT,
+        actor TEXT NOT NULL,
+        at TEXT NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX deployments_by_worker ON deployments (namespace, worker, version);
+    CREATE TABLE workers (
+        namespace TEXT NOT NULL REFERENCES namespaces(name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+        PRIMARY KEY (namespace, name)
+    );
+    """,
+)
+"""Schema migrations, applied in order; ``schema_version`` counts how many have run."""
+
+# Primary result codes (https://sqlite.org/rescode.html); the low byte of extended codes.
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+
+_CURRENT_SELECT: Final = (
+    "SELECT w.name, d.version, d.target, d.at, d.actor, d.metadata "
+    "FROM workers AS w JOIN deployments AS d ON d.id = w.deployment_id "
+    "WHERE w.namespace = ? ORDER BY w.name"
+)
+_AUDIT_COLUMNS: Final = "revision, namespace, worker, action, version, target, actor, at, metadata"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One row of the append-only audit trail: a deploy or an undeploy, at one revision."""
+
+    revision: int
+    namespace: NamespaceName
+    worker: WorkerName
+    action: AuditAction
+    version: int | None
+    target: Target | None
+    actor: str
+    at: str
+    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class SQLiteStore:
+    """The ``RegistryStore`` on one SQLite file.
+
+    One connection, used only from one worker thread the store owns, so blocking SQLite calls
+    never run on the event loop and calls from one store object run one after the other.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        busy_timeout: float,
+        connection: sqlite3.Connection,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._connection = connection
+        self._executor = executor
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str, *, busy_timeout: float = 5.0) -> SQLiteStore:
+        """Open (creating if needed) the file at ``path``, check it and bring its schema up."""
+        if busy_timeout < 0:
+            raise ValueError(f"busy_timeout must be >= 0 seconds (got {busy_timeout})")
+        timeout = float(busy_timeout)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            connection = await loop.run_in_executor(executor, _connect, path, timeout)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(path, timeout, connection, executor)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore(path={self._path!r})"
+
+    async def __aenter__(self) -> SQLiteStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def revision(self) -> int:
+        return await self._run("revision", _read_revision)
+
+    async def data_version(self) -> int:
+        """A cheap change check: the stored revision counter, read in one tiny query.
+
+        Not ``PRAGMA data_version``: that one is per connection, ignores this connection's own
+        commits and cannot be compared between processes, while the revision is the number the
+        snapshot watcher needs anyway and is one indexed row.
+        """
+        return await self._run("data_version", _read_revision)
+
+    async def ensure_namespaces(self, names: Iterable[NamespaceName]) -> None:
+        wanted = sorted(set(names))
+        if wanted:
+            await self._write("ensure_namespaces", partial(_ensure_namespaces, names=wanted))
+
+    async def list_namespaces(self) -> list[NamespaceName]:
+        return await self._run("list_namespaces", _list_namespaces)
+
+    async def delete_namespace(self, name: NamespaceName, *, force: bool = False) -> None:
+        await self._write("delete_namespace", partial(_delete_namespace, name=name, force=force))
+
+    async def deploy(
+        self,
+        namespace: NamespaceName,
+        worker: WorkerName,
+        target: Target,
+        *,
+        actor: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Deployment:
+        frozen = MappingProxyType(dict(metadata or {}))
+        record = partial(
+            _deploy, namespace=namespace, worker=worker, target=target, actor=actor, metadata=frozen
+        )
+        version, at = await self._write("deploy", record)
+        return Deployment(namespace, worker, version, target, at, actor, frozen)
+
+    async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> None:
+        remove = partial(_undeploy, namespace=namespace, worker=worker, actor=actor)
+        await self._write("undeploy", remove)
+
+    async def load_namespace(self, namespace: NamespaceName) -> tuple[int, list[Deployment]] | None:
+        return await self._read("load_namespace", partial(_load_namespace, namespace=namespace))
+
+    async def history(
+        self,
+        *,
+        namespace: NamespaceName | None = None,
+        worker: WorkerName | None = None,
+        limit: int = 50,
+    ) -> list[AuditEntry]:
+        """The audit trail, newest first, optionally for one namespace and/or worker name."""
+        if limit < 1:
+            # SQLite reads LIMIT -1 as "no limit": refuse rather than dump the whole trail.
+            raise ValueError(f"limit must be at least 1 (got {limit})")
+        query = partial(_history, namespace=namespace, worker=worker, limit=limit)
+        return await self._run("history", query)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._guarded, "close", _close_connection)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    async def _write(self, operation: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await self._run(operation, partial(_in_transaction, "BEGIN IMMEDIATE", work))
+
+    async def _read(self, operation: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await self._run(operation, partial(_in_transaction, "BEGIN", work))
+
+    async def _run(self, operation: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise StoreError(f"registry store is closed: {self._path}")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guarded, operation, work)
+
+    def _guarded(self, operation: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Runs on the store's thread; sqlite3 errors and unreadable rows leave as StoreError."""
+        try:
+            return work(self._connection)
+        except sqlite3.Error as exc:
+            raise _translate(exc, operation, self._path, self._busy_timeout) from exc
+        except _UnreadableRow as exc:
+            raise StoreError(
+                f"registry store {operation} failed: {self._path} (unreadable row: {exc})"
+            ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _AuditRow:
+    """What an operation appends to the audit trail (the store adds revision and time)."""
+
+    namespace: NamespaceName
+    worker: WorkerName
+    action: AuditAction
+    version: int
+    target: Target | None
+    actor: str
+    metadata: Mapping[str, str]
+
+
+class _UnreadableRow(Exception):
+    """A stored row does not decode; becomes a StoreError naming the operation and file."""
+
+
+# --- opening -------------------------------------------------------------------------------
+
+
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    _create_parent_directory(path)
+    try:
+        # timeout= installs sqlite3_busy_timeout: writers wait this long for the lock.
+        connection = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise _translate(exc, "open", path, busy_timeout) from exc
+    try:
+        _configure(connection, path)
+        _check_integrity(connection, path)
+        _migrate(connection, path)
+    except sqlite3.Error as exc:
+        connection.close()
+        raise _translate(exc, "open", path, busy_timeout) from exc
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _create_parent_directory(path: str) -> None:
+    parent = os.path.dirname(path)
+    if not parent:
+        return
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the registry store directory {parent}: {exc.strerror}"
+        ) from exc
+
+
+def _configure(connection: sqlite3.Connection, path: str) -> None:
+    (mode,) = connection.execute("PRAGMA journal_mode=WAL").fetchone()
+    if mode != "wal":
+        logger.warning("registry store %s runs in journal mode %s, not WAL", path, mode)
+    # FULL: an acknowledged commit is on disk, so it survives a crash right after.
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA foreign_keys=ON")
+
+
+def _check_integrity(connection: sqlite3.Connection, path: str) -> None:
+    problems = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise StoreError(f"registry store is corrupt: {path} (quick_check: {problems[0]})")
+
+
+def _migrate(connection: sqlite3.Connection, path: str) -> None:
+    """Apply the pending migrations in one write transaction; no write lock if none is due."""
+    if _schema_version(connection) == len(_MIGRATIONS):
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(_BOOTSTRAP)
+        # Read again under the write lock: another process may have migrated meanwhile.
+        current = _schema_version(connection)
+        _require_known_schema(current, path)
+        for script in _MIGRATIONS[current:]:
+            for statement in _statements(script):
+                connection.execute(statement)
+        connection.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (len(_MIGRATIONS),),
+        )
+        connection.execute("COMMIT")
+    except BaseException:
+        _roll_back(connection)
+        raise
+
+
+def _schema_version(connection: sqlite3.Connection) -> int:
+    has_meta = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if has_meta is None:
+        return 0
+    row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _require_known_schema(version: int, path: str) -> None:
+    if version > len(_MIGRATIONS):
+        raise StoreError(
+            f"registry store schema version {version} is newer than this dispatcher supports "
+            f"({len(_MIGRATIONS)}): {path}"
+        )
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements; ``executescript`` would COMMIT our open transaction."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip() != ";":
+                statements.append(pending.strip())
+            pending = ""
+    return statements
+
+
+# --- transactions and errors ---------------------------------------------------------------
+
+
+def _in_transaction(
+    begin: str, work: Callable[[sqlite3.Connection], _T], connection: sqlite3.Connection
+) -> _T:
+    connection.execute(begin)
+    try:
+        result = work(connection)
+        connection.execute("COMMIT")
+    except BaseException:
+        _roll_back(connection)
+        raise
+    return result
+
+
+def _roll_back(connection: sqlite3.Connection) -> None:
+    if not connection.in_transaction:
+        return
+    try:
+        connection.execute("ROLLBACK")
+    except sqlite3.Error:
+        # The original error is the one worth reporting; SQLite discards the transaction anyway.
+        logger.exception("registry store: ROLLBACK failed")
+
+
+def _translate(exc: sqlite3.Error, operation: str, path: str, busy_timeout: float) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StoreUnavailable(
+            f"registry store is locked (busy for more than {busy_timeout} s): {path}"
+        )
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreError(f"registry store is corrupt or not a SQLite database: {path} ({exc})")
+    return StoreError(f"registry store {operation} failed: {path} ({exc})")
+
+
+def _close_connection(connection: sqlite3.Connection) -> None:
+    connection.close()
+
+
+# --- the operations, each run inside one transaction on the store's thread -----------------
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _read_revision(connection: sqlite3.Connection) -> int:
+    (revision,) = connection.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+    return int(revision)
+
+
+def _bump_revision(connection: sqlite3.Connection) -> int:
+    connection.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+    return _read_revision(connection)
+
+
+def _has_namespace(connection: sqlite3.Connection, name: NamespaceName) -> bool:
+    row = connection.execute("SELECT 1 FROM namespaces WHERE name = ?", (name,)).fetchone()
+    return row is not None
+
+
+def _require_namespace(connection: sqlite3.Connection, name: NamespaceName) -> None:
+    if not _has_namespace(connection, name):
+        raise NamespaceNotFound(f'namespace "{name}" does not exist in the registry store')
+
+
+def _ensure_namespaces(connection: sqlite3.Connection, *, names: list[NamespaceName]) -> None:
+    at = _now()
+    before = connection.total_changes
+    connection.executemany(
+        "INSERT OR IGNORE INTO namespaces (name, created_at) VALUES (?, ?)",
+        [(name, at) for name in names],
+    )
+    if connection.total_changes != before:
+        _bump_revision(connection)
+
+
+def _list_namespaces(connection: sqlite3.Connection) -> list[NamespaceName]:
+    rows = connection.execute("SELECT name FROM namespaces ORDER BY name").fetchall()
+    return [NamespaceName(name) for (name,) in rows]
+
+
+def _append_audit(connection: sqlite3.Connection, revision: int, row: _AuditRow) -> tuple[int, str]:
+    """Append one audit row at ``revision``; returns its id and timestamp."""
+    at = _now()
+    target = None if row.target is None else json.dumps(row.target.to_json(), sort_keys=True)
+    cursor = connection.execute(
+        f"INSERT INTO deployments ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            revision,
+            row.namespace,
+            row.worker,
+            row.action,
+            row.version,
+            target,
+            row.actor,
+            at,
+            json.dumps(dict(row.metadata), sort_keys=True),
+        ),
+    )
+    return int(cursor.lastrowid or 0), at
+
+
+def _deploy(
+    connection: sqlite3.Connection,
+    *,
+    namespace: NamespaceName,
+    worker: WorkerName,
+    target: Target,
+    actor: str,
+    metadata: Mapping[str, str],
+) -> tuple[int, str]:
+    """Returns the new version and its timestamp."""
+    _require_namespace(connection, namespace)
+    # The highest version ever recorded, undeploys included: versions are never reused.
+    (version,) = connection.execute(
+        "SELECT COALESCE(MAX(version), 0) + 1 FROM deployments WHERE namespace = ? AND worker = ?",
+        (namespace, worker),
+    ).fetchone()
+    revision = _bump_revision(connection)
+    audit = _AuditRow(namespace, worker, "deploy", int(version), target, actor, metadata)
+    row_id, at = _append_audit(connection, revision, audit)
+    connection.execute(
+        "INSERT INTO workers (namespace, name, deployment_id) VALUES (?, ?, ?) "
+        "ON CONFLICT (namespace, name) DO UPDATE SET deployment_id = excluded.deployment_id",
+        (namespace, worker, row_id),
+    )
+    return int(version), at
+
+
+def _undeploy(
+    connection: sqlite3.Connection,
+    *,
+    namespace: NamespaceName,
+    worker: WorkerName,
+    actor: str,
+) -> None:
+    _require_namespace(connection, namespace)
+    row = connection.execute(
+        "SELECT d.version FROM workers AS w JOIN deployments AS d ON d.id = w.deployment_id "
+        "WHERE w.namespace = ? AND w.name = ?",
+        (namespace, worker),
+    ).fetchone()
+    if row is None:
+        raise WorkerNotFound(f'worker "{worker}" is not deployed in namespace "{namespace}"')
+    revision = _bump_revision(connection)
+    audit = _AuditRow(namespace, worker, "undeploy", int(row[0]), None, actor, {})
+    _append_audit(connection, revision, audit)
+    connection.execute("DELETE FROM workers WHERE namespace = ? AND name = ?", (namespace, worker))
+
+
+def _delete_namespace(connection: sqlite3.Connection, *, name: NamespaceName, force: bool) -> None:
+    _require_namespace(connection, name)
+    current = connection.execute(
+        "SELECT w.name, d.version FROM workers AS w JOIN deployments AS d "
+        "ON d.id = w.deployment_id WHERE w.namespace = ? ORDER BY w.name",
+        (name,),
+    ).fetchall()
+    if current and not force:
+        workers = ", ".join(worker for worker, _ in current)
+        raise NamespaceNotEmpty(
+            f'namespace "{name}" still holds {len(current)} worker(s): {workers}; '
+            "undeploy them first or delete with force"
+        )
+    revision = _bump_revision(connection)
+    reason = {"reason": "namespace deleted"}
+    for worker, version in current:
+        audit = _AuditRow(name, worker, "undeploy", int(version), None, SYSTEM_ACTOR, reason)
+        _append_audit(connection, revision, audit)
+    connection.execute("DELETE FROM workers WHERE namespace = ?", (name,))
+    connection.execute("DELETE FROM namespaces WHERE name = ?", (name,))
+
+
+def _load_namespace(
+    connection: sqlite3.Connection, *, namespace: NamespaceName
+) -> tuple[int, list[Deployment]] | None:
+    if not _has_namespace(connection, namespace):
+        return None
+    revision = _read_revision(connection)
+    rows = connection.execute(_CURRENT_SELECT, (namespace,)).fetchall()
+    return revision, [_deployment_from_row(namespace, row) for row in rows]
+
+
+def _history(
+    connection: sqlite3.Connection,
+    *,
+    namespace: NamespaceName | None,
+    worker: WorkerName | None,
+    limit: int,
+) -> list[AuditEntry]:
+    conditions = ["1 = 1"]
+    parameters: list[object] = []
+    if namespace is not None:
+        conditions.append("namespace = ?")
+        parameters.append(namespace)
+    if worker is not None:
+        conditions.append("worker = ?")
+        parameters.append(worker)
+    rows = connection.execute(
+        f"SELECT {_AUDIT_COLUMNS} FROM deployments WHERE {' AND '.join(conditions)} "
+        "ORDER BY id DESC LIMIT ?",
+        (*parameters, limit),
+    ).fetchall()
+    return [_audit_entry_from_row(row) for row in rows]
+
+
+# --- decoding rows -------------------------------------------------------------------------
+
+
+def _deployment_from_row(namespace: NamespaceName, row: tuple[Any, ...]) -> Deployment:
+    worker, version, target, at, actor, metadata = row
+    return Deployment(
+        namespace=namespace,
+        worker=WorkerName(worker),
+        version=int(version),
+        target=_decode_target(target),
+        deployed_at=at,
+        actor=actor,
+        metadata=_decode_metadata(metadata),
+    )
+
+
+def _audit_entry_from_row(row: tuple[Any, ...]) -> AuditEntry:
+    revision, namespace, worker, action, version, target, actor, at, metadata = row
+    return AuditEntry(
+        revision=int(revision),
+        namespace=NamespaceName(namespace),
+        worker=WorkerName(worker),
+        action=_decode_action(action),
+        version=None if version is None else int(version),
+        target=None if target is None else _decode_target(target),
+        actor=actor,
+        at=at,
+        metadata=_decode_metadata(metadata),
+    )
+
+
+def _decode_action(value: object) -> AuditAction:
+    if value == "deploy":
+        return "deploy"
+    if value == "undeploy":
+        return "undeploy"
+    raise _UnreadableRow(f"unknown audit action {value!r}")
+
+
+def _decode_target(text: str | None) -> Target:
+    try:
+        data = json.loads(text or "null")
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {text!r}")
+        return target_from_json(data)
+    except (ConfigError, ValueError) as exc:
+        raise _UnreadableRow(f"target {text!r}: {exc}") from exc
+
+
+def _decode_metadata(text: str) -> Mapping[str, str]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise _UnreadableRow(f"metadata {text!r}: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise _UnreadableRow(f"metadata {text!r}: expected an object of strings")
+    return MappingProxyType(data)

@@ -1,0 +1,131 @@
+"""Keeps the live ``Snapshot`` current: ``SnapshotBuilder`` turns store rows into one,
+``SnapshotWatcher`` follows the store's revision and swaps it in one assignment.
+
+Example::
+
+    async with SnapshotWatcher(store, builder, on_change=dispatcher.install, interval=0.25):
+        ...   # a deploy committed by any process is served here within ~interval
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from types import MappingProxyType, TracebackType
+
+from dispatcher.errors import ConfigError, DispatcherError
+from dispatcher.forwarding import Forwarder
+from dispatcher.forwarding.asgi import AppHost
+from dispatcher.forwarding.broken import BrokenForwarder
+from dispatcher.namespaces import Namespace, Snapshot, Worker
+from dispatcher.routing import RouteTable
+from dispatcher.store import RegistryStore
+from dispatcher.types import EnvironmentName, NamespaceName, WorkerName
+from dispatcher.workers import Deployment, Target
+
+logger = logging.getLogger("dispatcher.sync")
+
+
+class SnapshotBuilder:
+    """Builds snapshots for one environment; loading worker apps happens here, off the hot path."""
+
+    __slots__ = ("routes", "environment", "namespace", "_apps")
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        environment: EnvironmentName,
+        namespace: NamespaceName,
+        apps: AppHost,
+    ) -> None:
+        self.routes = routes
+        self.environment = environment
+        self.namespace = namespace
+        self._apps = apps
+
+    async def build(self, store: RegistryStore) -> Snapshot:
+        """Read the namespace in one transaction and prepare a forwarder per worker."""
+        loaded = await store.load_namespace(self.namespace)
+        if loaded is None:
+            return Snapshot(
+                await store.revision(), self.routes, self.environment, self.namespace, None
+            )
+        revision, deployments = loaded
+        workers: dict[WorkerName, Worker] = {}
+        for deployment in deployments:
+            forwarder = await self._forwarder_for(deployment)
+            workers[deployment.worker] = Worker(
+                deployment.worker, deployment, forwarder, self.environment
+            )
+        namespace = Namespace(self.namespace, self.environment, MappingProxyType(workers))
+        return Snapshot(revision, self.routes, self.environment, self.namespace, namespace)
+
+    async def _forwarder_for(self, deployment: Deployment) -> Forwarder:
+        target: Target = deployment.target
+        try:
+            return await self._apps.forwarder_for(target.import_path)
+        except ConfigError as exc:
+            logger.error(
+                "worker %s in %s cannot be served: %s", deployment.worker, deployment.namespace, exc
+            )
+            return BrokenForwarder(str(exc))
+
+
+class SnapshotWatcher:
+    """Polls the store revision every ``interval`` seconds; builds and installs a new snapshot."""
+
+    __slots__ = ("_store", "_builder", "_on_change", "_interval", "_revision", "_task")
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        builder: SnapshotBuilder,
+        *,
+        on_change: Callable[[Snapshot], None],
+        revision: int,
+        interval: float,
+    ) -> None:
+        self._store = store
+        self._builder = builder
+        self._on_change = on_change
+        self._interval = interval
+        self._revision = revision
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> SnapshotWatcher:
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def refresh(self) -> bool:
+        """Install a new snapshot if the store moved on; True when one was installed."""
+        revision = await self._store.revision()
+        if revision == self._revision:
+            return False
+        snapshot = await self._builder.build(self._store)
+        self._revision = snapshot.revision
+        self._on_change(snapshot)
+        logger.info("registry revision %d applied", snapshot.revision)
+        return True
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.refresh()
+            except DispatcherError as exc:
+                # Keep serving the last good snapshot; the next tick retries.
+                logger.warning("registry sync failed, keeping revision %d: %s", self._revision, exc)
