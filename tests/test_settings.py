@@ -289,8 +289,8 @@ VALIDATION_ERRORS: Final = [
     (
         "d.toml",
         "rout = []\n",
-        "rout: unknown key (expected one of dispatch_namespaces, limits, routes, routing, server, "
-        "store, vars, workers)",
+        "rout: unknown key (expected one of dispatch_namespaces, limits, proxy, routes, routing, "
+        "server, store, vars, workers)",
     ),
     ("d.toml", "name = 'dispatcher'\n", "name: unknown key"),
     ("d.toml", "a = = 1\n", "invalid TOML: Invalid value (at line 1, column 5)"),
@@ -617,8 +617,9 @@ VALIDATION_ERRORS: Final = [
     ),
     (
         "d.toml",
-        '[workers.dotdo-staging]\necho = { url = "http://127.0.0.1:9000" }\n',
-        "workers.dotdo-staging.echo: unknown key(s) ['url']; expected 'app'",
+        '[workers.dotdo-staging]\necho = { url = "ftp://127.0.0.1:9000" }\n',
+        "workers.dotdo-staging.echo.url: scheme must be one of http, https, http+unix "
+        "(got 'ftp://127.0.0.1:9000')",
     ),
     (
         "d.toml",

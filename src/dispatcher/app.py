@@ -10,7 +10,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -50,15 +50,24 @@ class RunningDispatcher:
         return self.dispatcher.snapshot
 
 
+Preparation = Callable[[RegistryStore, Settings], Awaitable[None]]
+"""A step run against the store before the first snapshot (``dispatcher dev`` deploys here)."""
+
+
 @asynccontextmanager
 async def running(
-    settings: Settings, *, apps: Mapping[str, ASGIApp] | None = None
+    settings: Settings,
+    *,
+    apps: Mapping[str, ASGIApp] | None = None,
+    prepare: Preparation | None = None,
 ) -> AsyncIterator[RunningDispatcher]:
     """Start everything ``settings`` describes; ``apps`` preloads worker apps by import path."""
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings.store_url))
         await store.ensure_namespaces(settings.bindings.values())
         await apply_declared_workers(store, settings.workers)
+        if prepare is not None:
+            await prepare(store, settings)
         app_host = AppHost(apps)
         stack.push_async_callback(app_host.aclose)
         builder = SnapshotBuilder(

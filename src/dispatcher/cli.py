@@ -12,20 +12,19 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import replace
-from types import MappingProxyType
 from urllib.parse import urlsplit
 
 import click
 import uvloop
 
-from dispatcher.app import running
+from dispatcher.app import Preparation, running
 from dispatcher.errors import BadRequest, ConfigError, StoreError
 from dispatcher.normalize import normalize_host, normalize_path
 from dispatcher.routing import RuleKind
 from dispatcher.settings import Settings
+from dispatcher.store import RegistryStore
 from dispatcher.types import WorkerName
-from dispatcher.workers import AppTarget, Target
+from dispatcher.workers import AppTarget
 
 ECHO_APP = "dispatcher.echo:app"
 DEV_PORT = 8787
@@ -84,17 +83,18 @@ def dev(config_path: str | None, host: str, port: int, log_level: str) -> None:
     """Local development: every configured service gets an echo worker where none is deployed."""
     _configure_logging(log_level)
     settings = _load(config_path, host=host, port=port)
-    _run(with_echo_workers(settings), announce=_announce_dev)
+    _run(settings, announce=_announce_dev, prepare=deploy_missing_echo_workers)
 
 
-def with_echo_workers(settings: Settings) -> Settings:
-    """Declare the echo worker for every service the configuration does not already declare."""
-    declared: dict[WorkerName, Target] = dict(settings.workers.get(settings.namespace, {}))
+async def deploy_missing_echo_workers(store: RegistryStore, settings: Settings) -> None:
+    """Deploy the echo worker for every configured service that has no worker yet."""
+    loaded = await store.load_namespace(settings.namespace)
+    deployed = {d.worker for d in loaded[1]} if loaded is not None else set()
     for service in settings.routes.services:
-        declared.setdefault(WorkerName(service), AppTarget(ECHO_APP))
-    workers = dict(settings.workers)
-    workers[settings.namespace] = MappingProxyType(declared)
-    return replace(settings, workers=MappingProxyType(workers))
+        if service not in deployed:
+            await store.deploy(
+                settings.namespace, WorkerName(service), AppTarget(ECHO_APP), actor="dev"
+            )
 
 
 @main.command()
@@ -116,11 +116,18 @@ def routes(config_path: str | None) -> None:
     settings = _load(config_path)
     order = list(RuleKind)
     rows = sorted(settings.routes.routes, key=lambda r: (order.index(r.kind), -len(r.path_prefix)))
-    click.echo(f"{'#':>3}  {'kind':<10} {'rule':<48} {'service':<12} source")
-    for number, route in enumerate(rows, start=1):
-        target = f"{route.service}-<v>" if route.kind is RuleKind.SUBDOMAIN else route.service
-        rule = route.describe()
-        click.echo(f"{number:>3}  {route.kind.value:<10} {rule:<48} {target:<12} {route.source}")
+    rules = [route.describe() for route in rows]
+    targets = [
+        f"{r.service}-<version>" if r.kind is RuleKind.SUBDOMAIN else str(r.service) for r in rows
+    ]
+    rule_width = max([len("rule"), *map(len, rules)])
+    target_width = max([len("worker"), *map(len, targets)])
+    click.echo(f"{'#':>3}  {'kind':<10} {'rule':<{rule_width}}  {'worker':<{target_width}}  source")
+    for number, (route, rule, target) in enumerate(zip(rows, rules, targets, strict=True), 1):
+        click.echo(
+            f"{number:>3}  {route.kind.value:<10} {rule:<{rule_width}}  "
+            f"{target:<{target_width}}  {route.source}"
+        )
     enforced = "enforced" if settings.enforce_route_patterns else "not enforced"
     click.echo(f"\nroute patterns ({enforced}):")
     for pattern in settings.route_patterns:
@@ -163,27 +170,33 @@ def _load(config_path: str | None, *, host: str | None = None, port: int | None 
         raise ConfigProblem(str(exc)) from exc
 
 
-def _run(settings: Settings, *, announce: Callable[[Settings, str], None]) -> None:
+def _run(
+    settings: Settings,
+    *,
+    announce: Callable[[Settings, str], None],
+    prepare: Preparation | None = None,
+) -> None:
     try:
-        uvloop.run(_serve_until_signal(settings, announce))
+        uvloop.run(_serve_until_signal(settings, announce, prepare))
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
     except StoreError as exc:
         raise RuntimeProblem(f"registry store: {exc}") from exc
     except OSError as exc:
         raise RuntimeProblem(
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+            f"cannot listen on {settings.host}:{settings.port}: "
+            f"{os.strerror(exc.errno) if exc.errno else exc}"
         ) from exc
 
 
 async def _serve_until_signal(
-    settings: Settings, announce: Callable[[Settings, str], None]
+    settings: Settings, announce: Callable[[Settings, str], None], prepare: Preparation | None
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running(settings) as dispatcher:
+    async with running(settings, prepare=prepare) as dispatcher:
         announce(settings, dispatcher.url)
         await stop.wait()
 
@@ -201,7 +214,7 @@ def _announce_dev(settings: Settings, url: str) -> None:
         f"echo workers for {', '.join(services)}\nlistening on {url}\n\nTry:\n"
         f"  curl {url}/health\n"
         f"  curl -H 'Host: gateway.do' {url}/hello\n"
-        f"  curl -H 'Host: api.do' {url}/api/db/query?id=1\n"
+        f"  curl -H 'Host: api.do' '{url}/api/db/query?id=1'\n"
         f"  curl -H 'Host: unknown.do' {url}/test      # 404 Service not found\n",
         err=True,
     )

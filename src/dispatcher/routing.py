@@ -74,7 +74,7 @@ class Route:
         if self.kind is RuleKind.HOST:
             return f"host {self.host}"
         if self.kind is RuleKind.SUBDOMAIN:
-            return f"subdomain <version>.{self.host} -> {self.service}-<version>"
+            return f"subdomain <version>.{self.host}"
         if self.kind is RuleKind.PATH:
             where = "any host" if self.host == ANY_HOST else self.host
             return f"path {self.path_prefix} and {self.path_prefix}/... on {where}"

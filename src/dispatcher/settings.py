@@ -22,6 +22,7 @@ import re
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Final, TypeGuard
@@ -58,6 +59,7 @@ _SECTIONS: Final = frozenset(
         "server",
         "store",
         "limits",
+        "proxy",
         "workers",
     }
 )
@@ -119,6 +121,35 @@ class Limits:
     max_body_bytes: int = 10 * 1024 * 1024
     write_high_water: int = 65536
     drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """How upstream workers are reached (``[proxy]``; ROBUSTNESS.md defaults).
+
+    ``trusted_proxies`` lists the networks whose ``X-Forwarded-*`` headers are kept and
+    appended to; from any other client they are replaced.
+    """
+
+    forwarded_headers: bool = True
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    connect_timeout: float = 5.0
+    response_header_timeout: float = 60.0
+    stream_idle_timeout: float = 300.0
+    pool_idle_timeout: float = 4.0
+    pool_max_idle: int = 64
+    max_connections: int = 1024
+    fail_timeout: float = 10.0
+
+    def is_trusted(self, address: str) -> bool:
+        """Whether a peer address may speak for the client (its X-Forwarded-* are kept)."""
+        if not self.trusted_proxies:
+            return False
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_proxies)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -208,6 +239,7 @@ class Settings:
     limits: Limits
     sync_interval: float
     workers: Mapping[NamespaceName, Mapping[WorkerName, Target]] = field(hash=False)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
 
     @classmethod
     def load(
@@ -247,6 +279,7 @@ class Settings:
             limits=_parse_limits(root.table("limits")),
             sync_interval=_sync_interval(store),
             workers=_parse_workers(root.table("workers"), bindings),
+            proxy=_parse_proxy(root.table("proxy")),
         )
 
     @property
@@ -789,6 +822,49 @@ def _parse_limits(table: _Table) -> Limits:
         write_high_water=_integer(table, "write_high_water", seed.write_high_water, 1, _GIB),
         drain_timeout=_timeout(table, "drain_timeout", seed.drain_timeout),
     )
+
+
+_PROXY_KEYS: Final = frozenset(
+    {
+        "forwarded_headers",
+        "trusted_proxies",
+        "connect_timeout",
+        "response_header_timeout",
+        "stream_idle_timeout",
+        "pool_idle_timeout",
+        "pool_max_idle",
+        "max_connections",
+        "fail_timeout",
+    }
+)
+
+
+def _parse_proxy(table: _Table) -> ProxySettings:
+    table.reject_unknown(_PROXY_KEYS)
+    seed = ProxySettings()
+    return ProxySettings(
+        forwarded_headers=table.boolean("forwarded_headers", seed.forwarded_headers),
+        trusted_proxies=_networks(table, "trusted_proxies"),
+        connect_timeout=_timeout(table, "connect_timeout", seed.connect_timeout),
+        response_header_timeout=_timeout(
+            table, "response_header_timeout", seed.response_header_timeout
+        ),
+        stream_idle_timeout=_timeout(table, "stream_idle_timeout", seed.stream_idle_timeout),
+        pool_idle_timeout=_timeout(table, "pool_idle_timeout", seed.pool_idle_timeout),
+        pool_max_idle=_integer(table, "pool_max_idle", seed.pool_max_idle, 0, 100_000),
+        max_connections=_integer(table, "max_connections", seed.max_connections, 1, 1_000_000),
+        fail_timeout=_timeout(table, "fail_timeout", seed.fail_timeout),
+    )
+
+
+def _networks(table: _Table, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    networks = []
+    for value in table.strings(name, ()):
+        try:
+            networks.append(ip_network(value, strict=False))
+        except ValueError as exc:
+            raise table.error(name, f"{value!r} is not an IP address or network") from exc
+    return tuple(networks)
 
 
 def _sync_interval(store: _Table) -> float:

@@ -39,7 +39,7 @@ import uvloop
 from dispatcher.app import RunningDispatcher, running
 from dispatcher.settings import Settings
 from dispatcher.types import ASGIApp, WorkerName
-from dispatcher.workers import AppTarget, Target
+from dispatcher.workers import AppTarget, Target, validate_name
 
 __all__ = ["DispatcherThread", "run_dispatcher"]
 
@@ -79,6 +79,7 @@ def _preloaded(
     apps: dict[str, ASGIApp] = {}
     declared: dict[WorkerName, Target] = {}
     for name, app in workers.items():
+        validate_name(name, "worker name")
         path = f"dispatcher.testing:worker_{re.sub(r'[^a-z0-9]', '_', name)}"
         apps[path] = app
         declared[WorkerName(name)] = AppTarget(path)
