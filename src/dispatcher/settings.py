@@ -30,7 +30,7 @@ from typing import Final, TypeGuard
 from dispatcher.errors import BadRequest, ConfigError
 from dispatcher.normalize import normalize_host, normalize_path
 from dispatcher.routing import RouteTable, RoutingConfig
-from dispatcher.store import DEFAULT_STORE_URL, sqlite_path
+from dispatcher.store import DEFAULT_STORE_URL, check_store_url, masked_store_url
 from dispatcher.types import EnvironmentName, NamespaceName, ServiceName, WorkerName
 from dispatcher.workers import Target, parse_target, validate_name
 
@@ -298,7 +298,7 @@ class Settings:
         return (
             f"<Settings {self.config_path or _DEFAULTS_SOURCE}: "
             f"environment={self.environment} namespace={self.namespace} "
-            f"listen={_listen_address(self.host, self.port)} store={self.store_url} "
+            f"listen={_listen_address(self.host, self.port)} store={masked_store_url(self.store_url)} "
             f"routes={len(self.routes.routes)} patterns=[{patterns}] workers={workers}>"
         )
 
@@ -795,13 +795,13 @@ def _listen_port(server: _Table, override: int | None) -> int:
 def _store_url(store: _Table, environ: Mapping[str, str]) -> str:
     from_environ = environ.get("DISPATCHER_STORE", "")
     if from_environ:
-        sqlite_path(from_environ)  # its ConfigError already names DISPATCHER_STORE
+        check_store_url(from_environ)  # its ConfigError already names DISPATCHER_STORE
         return from_environ
     key, url = store.key("url"), store.string("url", DEFAULT_STORE_URL)
     if not url:
         raise store.error(key, "must not be empty")
     try:
-        sqlite_path(url)
+        check_store_url(url)
     except ConfigError as exc:
         raise store.error(key, str(exc).removeprefix("DISPATCHER_STORE: ")) from exc
     return url

@@ -1,7 +1,10 @@
-"""The ``RegistryStore`` contract, one suite for every backend; then what only SQLite has.
+"""The ``RegistryStore`` contract, one suite for every backend; then what only SQLite has, and
+what only PostgreSQL has.
 
 A backend joins the contract suite by adding its name to ``BACKENDS`` and one branch to the
-``backend`` fixture that knows how to open a fresh store object on shared storage.
+``backend`` fixture that knows how to open a fresh store object on shared storage. PostgreSQL
+runs each test in a schema of its own (the ``pg_url`` fixture in ``conftest.py``) and is
+skipped when no server answers, unless ``CI`` is set.
 """
 
 from __future__ import annotations
@@ -14,22 +17,30 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
 
 import dispatcher
 from dispatcher.errors import (
+    ConfigError,
     NamespaceNotEmpty,
     NamespaceNotFound,
     StoreError,
     StoreUnavailable,
     WorkerNotFound,
 )
-from dispatcher.store import RegistryStore, open_store
+from dispatcher.store import RegistryStore, check_store_url, open_store
+from dispatcher.store.postgres import PostgresStore
 from dispatcher.store.sqlite import AuditEntry, SQLiteStore
 from dispatcher.types import NamespaceName, WorkerName
 from dispatcher.workers import AppTarget, Deployment
@@ -82,7 +93,22 @@ class SQLiteBackend:
             await store.close()
 
 
-BACKENDS = ["sqlite"]
+@dataclass
+class PostgresBackend:
+    url: str
+    opened: list[PostgresStore] = field(default_factory=list)
+
+    async def open(self) -> ContractStore:
+        store = await PostgresStore.open(self.url)
+        self.opened.append(store)
+        return store
+
+    async def close_all(self) -> None:
+        for store in self.opened:
+            await store.close()
+
+
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -90,6 +116,9 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     opened: Backend
     if request.param == "sqlite":
         opened = SQLiteBackend(tmp_path / "registry.db")
+    elif request.param == "postgres":
+        # Requested here, not as an argument: the SQLite runs must not need a server.
+        opened = PostgresBackend(request.getfixturevalue("pg_url"))
     else:  # pragma: no cover - a new backend adds its branch here
         raise AssertionError(f"unknown backend {request.param}")
     yield opened
@@ -661,7 +690,8 @@ async def test_sqlite_refuses_a_negative_busy_timeout(tmp_path: Path) -> None:
         (
             "UPDATE deployments SET target = '{\"bogus\": 1}'",
             "load_namespace",
-            "unreadable row: target '{\"bogus\": 1}': stored worker: unknown key(s) ['bogus']",
+            # The rest names what a worker spec needs, which workers.py words.
+            "unreadable row: target '{\"bogus\": 1}': stored worker: ",
         ),
         ("UPDATE deployments SET metadata = '[1]'", "load_namespace", "unreadable row: metadata"),
         ("UPDATE deployments SET target = 'nope'", "load_namespace", "unreadable row: target"),
@@ -738,3 +768,647 @@ async def test_sqlite_keeps_an_acknowledged_deploy_after_kill_9(tmp_path: Path) 
             "doomed",
         )
         assert dict(deployed.metadata) == {"last": "words"}
+
+
+# --- open_store and URLs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["redis://h/0", "mysql://u:p@h/db", "SQLITE:///x.db"])
+async def test_open_store_refuses_an_unknown_scheme(url: str) -> None:
+    scheme = url.split("://")[0]
+    message = (
+        f"DISPATCHER_STORE: unsupported store scheme {scheme!r} "
+        "(supported: sqlite, postgresql, postgres)"
+    )
+
+    with pytest.raises(ConfigError) as raised:
+        async with open_store(url):
+            pass  # pragma: no cover - never opened
+
+    assert str(raised.value) == message
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_store_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///registry.db", None),
+        ("registry.db", None),
+        ("postgresql://dispatcher@db.internal/registry", None),
+        ("postgres://db.internal/registry?application_name=x", None),
+        (
+            "sqlite://registry.db",
+            "DISPATCHER_STORE: expected sqlite:///path, got 'sqlite://registry.db'",
+        ),
+        (
+            "postgresql://ci:s3cret@db.internal/registry?bogus=1",
+            "DISPATCHER_STORE: not a valid PostgreSQL URL: "
+            "postgresql://ci:****@db.internal/registry?bogus=1",
+        ),
+        (
+            "postgres://db.internal/registry?password=s3cret&x=%zz",
+            "DISPATCHER_STORE: not a valid PostgreSQL URL: "
+            "postgres://db.internal/registry?password=****&x=%zz",
+        ),
+    ],
+)
+def test_check_store_url_validates_without_connecting(url: str, message: str | None) -> None:
+    if message is None:
+        check_store_url(url)
+        return
+    with pytest.raises(ConfigError) as raised:
+        check_store_url(url)
+    assert str(raised.value) == message
+
+
+# --- PostgreSQL only -----------------------------------------------------------------------
+
+Admin = psycopg.AsyncConnection[TupleRow]
+UNREACHABLE = "postgresql://postgres:s3cret@127.0.0.1:1/test"
+
+
+def where(url: str) -> str:
+    """How the store's messages name the database of ``url``."""
+    params = conninfo_to_dict(url)
+    return (
+        f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+    )
+
+
+def application_name(url: str) -> str:
+    return str(conninfo_to_dict(url)["application_name"])
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with a password (the test server trusts loopback, so any password works)."""
+    parts = urlsplit(url)
+    user = parts.username or "postgres"
+    netloc = f"{user}:{password}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture
+async def admin(pg_url: str) -> AsyncIterator[Admin]:
+    """A connection of the test's own, in the test's schema, that no test terminates."""
+    async with await psycopg.AsyncConnection.connect(
+        pg_url, autocommit=True, application_name="dispatcher-test-admin"
+    ) as connection:
+        yield connection
+
+
+async def wait_for_backends(
+    admin: Admin, name: str, condition: str = "TRUE", count: int = 1
+) -> list[int]:
+    """The pids of ``count`` backends named ``name`` that meet ``condition``, once they do."""
+    deadline = time.monotonic() + 5
+    while True:
+        cursor = await admin.execute(
+            f"SELECT pid FROM pg_stat_activity WHERE application_name = %s AND {condition}",
+            (name,),
+        )
+        pids = [pid for (pid,) in await cursor.fetchall()]
+        if len(pids) >= count:
+            return pids
+        assert time.monotonic() < deadline, f"{count} backend(s) {name} where {condition}: {pids}"
+        await asyncio.sleep(0.02)
+
+
+async def terminate(admin: Admin, pids: list[int]) -> None:
+    """``pg_terminate_backend`` each pid and wait until its process is gone."""
+    for pid in pids:
+        await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    deadline = time.monotonic() + 5
+    while True:
+        cursor = await admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        )
+        if (await cursor.fetchone()) == (0,):
+            return
+        assert time.monotonic() < deadline, f"backends {pids} outlived pg_terminate_backend"
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def revision_row_locked(pg_url: str) -> AsyncIterator[None]:
+    """Another client holds the revision row lock, as a writer in another process would."""
+    async with await psycopg.AsyncConnection.connect(
+        pg_url, application_name="dispatcher-test-locker"
+    ) as locker:
+        await locker.execute("SELECT value FROM meta WHERE key = 'revision' FOR UPDATE")
+        try:
+            yield
+        finally:
+            await locker.rollback()
+
+
+async def contents(store: PostgresStore) -> tuple[object, ...]:
+    return (
+        await store.revision(),
+        await store.history(limit=100),
+        await store.load_namespace(PROD),
+        await store.list_namespaces(),
+    )
+
+
+async def test_postgres_open_creates_the_schema_and_masks_the_password(
+    pg_url: str, admin: Admin
+) -> None:
+    password = conninfo_to_dict(pg_url).get("password") or "s3cret"
+    url = with_password(pg_url, str(password))
+
+    async with await PostgresStore.open(url) as store:
+        await store.ensure_namespaces([PROD])
+        await store.deploy(PROD, GATEWAY, TARGET_V1, actor="ci", metadata={"k": "v"})
+        shown = repr(store)
+
+    assert shown.startswith("PostgresStore(url='postgresql://postgres:****@")
+    assert str(password) not in shown
+    meta = await admin.execute("SELECT key, value FROM meta ORDER BY key")
+    assert await meta.fetchall() == [("revision", 2), ("schema_version", 1)]
+    stored = await admin.execute("SELECT target, metadata FROM deployments")
+    assert await stored.fetchall() == [({"app": "gateway.v1:app"}, {"k": "v"})]
+    types = await admin.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'deployments' "
+        "AND column_name IN ('target', 'metadata', 'at') ORDER BY column_name"
+    )
+    assert await types.fetchall() == [
+        ("at", "timestamp with time zone"),
+        ("metadata", "jsonb"),
+        ("target", "jsonb"),
+    ]
+
+
+async def test_postgres_stores_opened_together_migrate_once(pg_url: str, admin: Admin) -> None:
+    stores = await asyncio.gather(*(PostgresStore.open(pg_url) for _ in range(6)))
+    try:
+        await asyncio.gather(*(store.ensure_namespaces([PROD]) for store in stores))
+        assert [await store.revision() for store in stores] == [1] * 6
+    finally:
+        for store in stores:
+            await store.close()
+
+    meta = await admin.execute("SELECT key, value FROM meta ORDER BY key")
+    assert await meta.fetchall() == [("revision", 1), ("schema_version", 1)]
+
+
+async def test_postgres_refuses_a_newer_schema(pg_url: str, admin: Admin) -> None:
+    await (await PostgresStore.open(pg_url)).close()
+    await admin.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+
+    with pytest.raises(StoreError) as raised:
+        await PostgresStore.open(pg_url)
+
+    assert str(raised.value) == (
+        "registry store schema version 99 is newer than this dispatcher supports (1): "
+        f"{where(pg_url)}"
+    )
+
+
+async def test_postgres_reports_an_unreachable_server_without_its_password() -> None:
+    started = time.monotonic()
+
+    with pytest.raises(StoreUnavailable) as raised:
+        await PostgresStore.open(UNREACHABLE, connect_timeout=1)
+
+    assert time.monotonic() - started < 1.5
+    message = str(raised.value)
+    assert message.startswith("registry store is unavailable: 127.0.0.1:1/test (connection ")
+    assert "Connection refused" in message
+    assert "s3cret" not in message
+    assert "s3cret" not in str(raised.value.__cause__)
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """A loopback port that accepts connections and never says a word; yields the port."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_postgres_gives_up_on_a_silent_server_within_the_connect_timeout() -> None:
+    async with silent_server() as port:
+        started = time.monotonic()
+
+        with pytest.raises(StoreUnavailable) as raised:
+            await PostgresStore.open(
+                f"postgresql://postgres:s3cret@127.0.0.1:{port}/test", connect_timeout=0.5
+            )
+
+        assert time.monotonic() - started < 1.0
+    assert str(raised.value) == (
+        f"registry store is unavailable: 127.0.0.1:{port}/test (no answer within 0.5 s)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"connect_timeout": 0}, "connect_timeout must be > 0 seconds (got 0)"),
+        ({"connect_timeout": -1.5}, "connect_timeout must be > 0 seconds (got -1.5)"),
+        ({"lock_timeout": 0}, "lock_timeout must be > 0 seconds (got 0)"),
+        ({"connect_timeout": float("nan")}, "connect_timeout must be > 0 seconds (got nan)"),
+    ],
+)
+async def test_postgres_refuses_timeouts_that_are_not_positive(
+    keywords: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        await PostgresStore.open(UNREACHABLE, **keywords)
+
+
+async def test_postgres_replaces_a_connection_the_server_terminated(
+    pg_url: str, admin: Admin
+) -> None:
+    async with await PostgresStore.open(pg_url) as store:
+        await store.ensure_namespaces([PROD])
+        await terminate(admin, await wait_for_backends(admin, application_name(pg_url)))
+
+        assert await store.revision() == 1
+        assert (await deploy(store)).version == 1
+        assert await store.load_namespace(PROD) is not None
+
+
+async def install_stall(admin: Admin) -> None:
+    """Writing workers sleeps: a deploy stops after its other writes, holding its locks."""
+    await admin.execute(
+        "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$"
+    )
+    await admin.execute(
+        "CREATE TRIGGER stall AFTER INSERT OR UPDATE ON workers "
+        "FOR EACH ROW EXECUTE FUNCTION stall()"
+    )
+
+
+async def stop_deploys(how: str, pg_url: str, admin: Admin, stack: AsyncExitStack) -> str:
+    """Make the next deploy stop mid-way; returns how ``pg_stat_activity`` then shows it."""
+    if how == "waiting-for-the-revision-lock":
+        await stack.enter_async_context(revision_row_locked(pg_url))
+        return "wait_event_type = 'Lock'"
+    await install_stall(admin)
+    stack.push_async_callback(admin.execute, "DROP TRIGGER stall ON workers")
+    return "wait_event = 'PgSleep'"
+
+
+@pytest.mark.parametrize(
+    "how", ["waiting-for-the-revision-lock", "after-its-writes-holding-the-revision-lock"]
+)
+async def test_postgres_a_deploy_killed_mid_transaction_writes_nothing(
+    pg_url: str, admin: Admin, how: str
+) -> None:
+    async with await PostgresStore.open(pg_url, lock_timeout=30) as store:
+        await store.ensure_namespaces([PROD])
+        await deploy(store)
+        before = await contents(store)
+        async with AsyncExitStack() as stack:
+            condition = await stop_deploys(how, pg_url, admin, stack)
+            deploying = asyncio.create_task(deploy(store, GATEWAY, TARGET_V2))
+            pids = await wait_for_backends(admin, application_name(pg_url), condition)
+            await terminate(admin, pids)
+            with pytest.raises(StoreUnavailable) as raised:
+                await deploying
+
+        assert str(raised.value) == (
+            f"registry store is unavailable: {where(pg_url)} "
+            "(terminating connection due to administrator command)"
+        )
+        assert await contents(store) == before
+        redeployed = await deploy(store, GATEWAY, TARGET_V2)
+        assert (redeployed.version, await store.revision()) == (2, 3)
+
+
+async def test_postgres_reports_a_held_revision_lock_and_recovers(pg_url: str) -> None:
+    async with await PostgresStore.open(pg_url, lock_timeout=0.2) as store:
+        await store.ensure_namespaces([PROD])
+        async with revision_row_locked(pg_url):
+            with pytest.raises(StoreUnavailable) as raised:
+                await deploy(store)
+            assert str(raised.value) == (
+                f"registry store is locked (waited more than 0.2 s): {where(pg_url)}"
+            )
+            # Readers take no row locks: they go on while a writer holds the revision.
+            assert await store.load_namespace(PROD) == (1, [])
+
+        assert (await deploy(store)).version == 1
+        assert await store.revision() == 2
+
+
+async def test_postgres_reports_a_pool_with_no_free_connection(pg_url: str, admin: Admin) -> None:
+    async with await PostgresStore.open(pg_url, connect_timeout=0.5, lock_timeout=30) as store:
+        await store.ensure_namespaces([PROD])
+        async with revision_row_locked(pg_url):
+            waiting = [asyncio.create_task(deploy(store)) for _ in range(4)]
+            await wait_for_backends(
+                admin, application_name(pg_url), "wait_event_type = 'Lock'", count=4
+            )
+            with pytest.raises(StoreUnavailable) as raised:
+                await store.revision()
+        deployed = await asyncio.gather(*waiting)
+
+    assert str(raised.value) == (
+        f"registry store is unavailable: {where(pg_url)} (no free connection within 0.5 s)"
+    )
+    assert sorted(d.version for d in deployed) == [1, 2, 3, 4]
+
+
+async def fail_inserts(admin: Admin, sqlstate: str, times: int) -> None:
+    """The first ``times`` audit inserts fail with ``sqlstate``; a sequence counts attempts."""
+    await admin.execute("CREATE SEQUENCE attempts")
+    await admin.execute(
+        "CREATE FUNCTION fail_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF nextval('attempts') <= {times} THEN "
+        f"RAISE EXCEPTION 'simulated conflict' USING ERRCODE = '{sqlstate}'; END IF; "
+        "RETURN NEW; END $$"
+    )
+    await admin.execute(
+        "CREATE TRIGGER fail_insert BEFORE INSERT ON deployments "
+        "FOR EACH ROW EXECUTE FUNCTION fail_insert()"
+    )
+
+
+async def attempts(admin: Admin) -> int:
+    cursor = await admin.execute("SELECT last_value FROM attempts")
+    (value,) = await _one_row(cursor)
+    return int(value)
+
+
+async def _one_row(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
+    row = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+@pytest.mark.parametrize("failures", [1, 3])
+async def test_postgres_retries_a_transaction_the_server_rolled_back(
+    pg_url: str, admin: Admin, sqlstate: str, failures: int
+) -> None:
+    async with await PostgresStore.open(pg_url) as store:
+        await store.ensure_namespaces([PROD])
+        await fail_inserts(admin, sqlstate, failures)
+
+        deployed = await deploy(store)
+
+        assert (deployed.version, await store.revision()) == (1, 2)
+        assert summary(await store.history()) == [("prod", "gateway", "deploy", 1)]
+    assert await attempts(admin) == failures + 1
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+async def test_postgres_gives_up_after_three_retries(
+    pg_url: str, admin: Admin, sqlstate: str
+) -> None:
+    async with await PostgresStore.open(pg_url) as store:
+        await store.ensure_namespaces([PROD])
+        before = await contents(store)
+        await fail_inserts(admin, sqlstate, 99)
+
+        with pytest.raises(StoreUnavailable) as raised:
+            await deploy(store)
+
+        assert str(raised.value) == (
+            f"registry store is unavailable: {where(pg_url)} "
+            "(deploy gave up after 4 attempts: simulated conflict)"
+        )
+        assert await contents(store) == before
+    assert await attempts(admin) == 4
+
+
+READS: Mapping[str, Operation] = {
+    "load_namespace": lambda store: store.load_namespace(PROD),
+    "history": lambda store: store.history(),
+    "revision": lambda store: store.revision(),
+}
+
+
+@pytest.mark.parametrize(
+    ("sql", "operation", "detail"),
+    [
+        (
+            """UPDATE deployments SET target = '{"bogus": 1}'""",
+            "load_namespace",
+            "unreadable row: target {'bogus': 1}: stored worker: ",
+        ),
+        (
+            "UPDATE deployments SET metadata = '[1]'",
+            "load_namespace",
+            "unreadable row: metadata [1]: expected an object of strings",
+        ),
+        (
+            """UPDATE deployments SET target = '"nope"'""",
+            "history",
+            "unreadable row: target 'nope': expected a JSON object",
+        ),
+        (
+            """UPDATE deployments SET metadata = '{"n": 1}'""",
+            "history",
+            "unreadable row: metadata {'n': 1}: expected an object of strings",
+        ),
+        ("DROP TABLE workers", "load_namespace", 'relation "workers" does not exist'),
+        (
+            "DELETE FROM meta WHERE key = 'revision'",
+            "revision",
+            "unreadable row: expected a row, got none",
+        ),
+    ],
+)
+async def test_postgres_maps_bad_rows_and_sql_errors_to_store_error(
+    pg_url: str, admin: Admin, sql: str, operation: str, detail: str
+) -> None:
+    async with await PostgresStore.open(pg_url) as store:
+        await store.ensure_namespaces([PROD])
+        await deploy(store)
+        await admin.execute(sql)
+
+        with pytest.raises(StoreError) as raised:
+            await READS[operation](store)
+
+    assert type(raised.value) is StoreError
+    assert str(raised.value).startswith(
+        f"registry store {operation} failed: {where(pg_url)} ({detail}"
+    )
+
+
+async def test_postgres_reports_a_schema_it_cannot_create(pg_url: str) -> None:
+    schema = application_name(pg_url)
+    nowhere = pg_url.replace(f"search_path%3D{schema}", f"search_path%3D{schema}_missing")
+
+    with pytest.raises(StoreError) as raised:
+        await PostgresStore.open(nowhere)
+
+    assert str(raised.value) == (
+        f"registry store open failed: {where(pg_url)} (no schema has been selected to create in)"
+    )
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+async def test_open_store_opens_a_postgres_url(pg_url: str, scheme: str) -> None:
+    url = scheme + pg_url[pg_url.index("://") :]
+
+    async with open_store(url) as store:
+        assert isinstance(store, PostgresStore)
+        await store.ensure_namespaces([PROD])
+
+    with pytest.raises(StoreError, match="^registry store is closed: "):
+        await store.revision()
+
+
+# --- PostgreSQL: listen ---------------------------------------------------------------------
+
+
+def listen_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "dispatcher.store.postgres"]
+
+
+async def test_postgres_listen_yields_another_stores_deploy_within_a_second(
+    pg_url: str,
+) -> None:
+    async with (
+        await PostgresStore.open(pg_url) as watcher,
+        await PostgresStore.open(pg_url) as writer,
+    ):
+        await writer.ensure_namespaces([PROD])
+        async with aclosing(watcher.listen()) as revisions:
+            # First the revision current when listening began: nothing before it is missed.
+            assert await asyncio.wait_for(anext(revisions), 1) == 1
+            for expected in (2, 3):
+                await deploy(writer)
+                assert await asyncio.wait_for(anext(revisions), 1) == expected
+
+
+async def test_postgres_listen_reconnects_and_yields_what_changed_meanwhile(
+    pg_url: str, admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with await PostgresStore.open(pg_url) as store:
+        await store.ensure_namespaces([PROD])
+        async with aclosing(store.listen()) as revisions:
+            assert await anext(revisions) == 1
+            listener = f"{application_name(pg_url)}-listen"
+            await terminate(admin, await wait_for_backends(admin, listener))
+            await deploy(store)  # announced while nobody listens
+
+            assert await asyncio.wait_for(anext(revisions), 2) == 2
+            await deploy(store)
+            assert await asyncio.wait_for(anext(revisions), 1) == 3
+
+    # Whether the server's goodbye or the closed socket is read first varies.
+    (warning,) = listen_warnings(caplog)
+    assert warning.startswith(f"registry store {where(pg_url)}: listening failed (")
+    assert warning.endswith("); reconnecting in 0.1 s")
+
+
+class Proxy:
+    """A loopback TCP proxy to the test server that can go down and come back on its port."""
+
+    def __init__(self, target: str) -> None:
+        params = conninfo_to_dict(target)
+        self.host = str(params.get("host", "127.0.0.1"))
+        self.target_port = int(params.get("port") or 5432)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Refuse new connections and cut the open ones, as a restarting server does."""
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+        self._writers.clear()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            self.host, self.target_port
+        )
+        self._writers += [writer, upstream_writer]
+        await asyncio.gather(
+            self._copy(reader, upstream_writer),
+            self._copy(upstream_reader, writer),
+            return_exceptions=True,
+        )
+
+    @staticmethod
+    async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_postgres_listen_retries_with_growing_pauses_until_the_server_is_back(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = Proxy(pg_url)
+    await proxy.start()
+    proxied = pg_url.replace(urlsplit(pg_url).netloc, f"postgres:s3cret@127.0.0.1:{proxy.port}")
+    async with (
+        await PostgresStore.open(proxied) as store,
+        await PostgresStore.open(pg_url) as writer,
+    ):
+        async with aclosing(store.listen()) as revisions:
+            assert await anext(revisions) == 0
+            await proxy.stop()
+            following = asyncio.ensure_future(anext(revisions))
+            await asyncio.sleep(0.5)  # attempts at about 0, 0.1, 0.3 s; the next at 0.7 s
+            await writer.ensure_namespaces([PROD])
+            await proxy.start()
+
+            assert await asyncio.wait_for(following, 2) == 1
+        await proxy.stop()
+
+    messages = listen_warnings(caplog)
+    pauses = [float(m.rsplit(" in ", 1)[1].removesuffix(" s")) for m in messages]
+    assert pauses == [0.1, 0.2, 0.4]
+    assert messages[0].startswith(f"registry store {where(proxied)}: listening failed")
+    assert all("Connection refused" in m for m in messages[1:])
+    assert not any("s3cret" in m for m in messages)
+
+
+async def test_postgres_listen_skips_a_payload_that_is_not_a_revision(
+    pg_url: str, admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with await PostgresStore.open(pg_url) as store:
+        async with aclosing(store.listen()) as revisions:
+            assert await anext(revisions) == 0
+            await admin.execute("SELECT pg_notify('dispatcher_registry', 'not a revision')")
+            await store.ensure_namespaces([PROD])
+
+            assert await asyncio.wait_for(anext(revisions), 1) == 1
+
+    assert listen_warnings(caplog) == [
+        "registry store: ignored a dispatcher_registry notification 'not a revision'"
+    ]
+
+
+async def test_postgres_listen_ends_when_the_store_closes(pg_url: str) -> None:
+    store = await PostgresStore.open(pg_url)
+    async with aclosing(store.listen()) as revisions:
+        assert await anext(revisions) == 0
+        await store.close()
+
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(revisions), 1)
+
+    with pytest.raises(StoreError, match="^registry store is closed: "):
+        await anext(store.listen())

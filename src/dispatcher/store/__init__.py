@@ -2,6 +2,7 @@
 
 Example::
 
+    # or open_store("postgresql://dispatcher@db.internal/registry")
     async with open_store("sqlite:///var/lib/dispatcher/registry.db") as store:
         await store.ensure_namespaces([NamespaceName("dotdo-production")])
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Final, Protocol
 
 from dispatcher.errors import ConfigError
 from dispatcher.types import NamespaceName, WorkerName
@@ -67,17 +68,55 @@ class RegistryStore(Protocol):
 DEFAULT_STORE_URL = "sqlite:///.dispatcher/registry.db"
 
 
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+"""URL prefixes that name a PostgreSQL database (libpq accepts both)."""
+
+
 @asynccontextmanager
 async def open_store(url: str) -> AsyncIterator[RegistryStore]:
-    """Open the store a URL names (``sqlite:///path``, or a bare file path) and close it after."""
-    from dispatcher.store.sqlite import SQLiteStore
+    """Open the store a URL names and close it after.
 
-    path = sqlite_path(url)
-    store = await SQLiteStore.open(path)
+    ``postgresql://`` and ``postgres://`` open a ``PostgresStore``; ``sqlite:///path`` or a bare
+    file path open a ``SQLiteStore``. Each backend is imported only when it is used.
+    """
+    store = await _open(url)
     try:
         yield store
     finally:
         await store.close()
+
+
+async def _open(url: str) -> RegistryStore:
+    if is_postgres_url(url):
+        from dispatcher.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    from dispatcher.store.sqlite import SQLiteStore
+
+    return await SQLiteStore.open(sqlite_path(url))
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(POSTGRES_SCHEMES)
+
+
+def masked_store_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and reprs."""
+    if is_postgres_url(url):
+        from dispatcher.store.postgres import mask_url
+
+        return mask_url(url)
+    return url
+
+
+def check_store_url(url: str) -> None:
+    """``ConfigError`` unless ``open_store`` can open the URL (settings validate with it)."""
+    if is_postgres_url(url):
+        from dispatcher.store.postgres import check_url
+
+        check_url(url)
+    else:
+        sqlite_path(url)
 
 
 def sqlite_path(url: str) -> str:
@@ -90,6 +129,7 @@ def sqlite_path(url: str) -> str:
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise ConfigError(
-            f"DISPATCHER_STORE: unsupported store scheme {scheme!r} (supported: sqlite)"
+            f"DISPATCHER_STORE: unsupported store scheme {scheme!r} "
+            "(supported: sqlite, postgresql, postgres)"
         )
     return url
