@@ -33,6 +33,10 @@ class ResponseHeaderError(DispatcherError):
     """A worker produced a header that cannot be sent (CR, LF or NUL; a bad name)."""
 
 
+class ResponseBodyError(DispatcherError):
+    """A worker's body does not match the content-length it declared (the response is cut)."""
+
+
 @dataclass(slots=True, eq=False)
 class RequestHead:
     """The parsed request line and headers, plus the canonical host and path.

@@ -298,7 +298,8 @@ class Settings:
         return (
             f"<Settings {self.config_path or _DEFAULTS_SOURCE}: "
             f"environment={self.environment} namespace={self.namespace} "
-            f"listen={_listen_address(self.host, self.port)} store={masked_store_url(self.store_url)} "
+            f"listen={_listen_address(self.host, self.port)} "
+            f"store={masked_store_url(self.store_url)} "
             f"routes={len(self.routes.routes)} patterns=[{patterns}] workers={workers}>"
         )
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 from dispatcher.errors import ConfigError
-from dispatcher.http import BodyStream, RequestHead, ResponseWriter
+from dispatcher.http import BodyStream, ClientDisconnected, RequestHead, ResponseWriter
 from dispatcher.types import ASGIApp, Message, Scope
 
 if TYPE_CHECKING:
@@ -35,12 +35,12 @@ _DISCONNECT: Final = {"type": "http.disconnect"}
 class AppForwarder:
     """Serves requests with one in-process ASGI app (http scope, ASGI 3)."""
 
-    __slots__ = ("app", "import_path", "_state")
+    __slots__ = ("app", "import_path", "state")
 
     def __init__(self, app: ASGIApp, import_path: str, state: dict[str, Any]) -> None:
         self.app = app
         self.import_path = import_path
-        self._state = state
+        self.state = state  # the lifespan's state, copied into each request's scope
 
     def __repr__(self) -> str:
         return f"<AppForwarder {self.import_path}>"
@@ -51,7 +51,7 @@ class AppForwarder:
         scope = self._scope(worker, head)
         exchange = _AsgiExchange(head, body, response)
         await self.app(scope, exchange.receive, exchange.send)
-        if not exchange.is_complete and not response.is_disconnected:
+        if not exchange.is_complete:
             exchange.finish_incomplete()
 
     def _scope(self, worker: Worker, head: RequestHead) -> Scope:
@@ -70,7 +70,7 @@ class AppForwarder:
             "headers": head.headers,
             "client": head.client,
             "server": head.server,
-            "state": self._state.copy(),
+            "state": self.state.copy(),
             "extensions": {
                 "dispatcher": {
                     "service": route.service if route is not None else worker.name,
@@ -92,6 +92,7 @@ class _AsgiExchange:
         "_status",
         "_headers",
         "_is_body_read",
+        "_saw_disconnect",
         "is_complete",
     )
 
@@ -102,17 +103,20 @@ class _AsgiExchange:
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._is_body_read = False
+        self._saw_disconnect = False
         self.is_complete = False
 
     async def receive(self) -> Message:
         body = self._body
         if self._is_body_read:
             await body.wait_disconnect()
+            self._saw_disconnect = True
             return _DISCONNECT
         try:
             chunk = await body.read()
         except Exception:  # disconnected, over the limit, timed out: the client is gone
             self._is_body_read = True
+            self._saw_disconnect = True
             return _DISCONNECT
         more_body = not body.is_exhausted
         self._is_body_read = not more_body
@@ -137,7 +141,9 @@ class _AsgiExchange:
         if self.is_complete:
             return
         if not response.is_started:
-            length = None if more_body or self._is_head else len(data)
+            # One message is the whole body, so its length is known; for HEAD only when the
+            # app sent the GET body (an empty one says nothing about the GET length).
+            length = None if more_body or (self._is_head and not data) else len(data)
             response.start(self._status, self._headers, content_length=length)
         response.write(data)
         if more_body:
@@ -147,9 +153,13 @@ class _AsgiExchange:
             response.end()
 
     def finish_incomplete(self) -> None:
-        """The app returned without finishing: before a start it is a 500, after it an abort."""
-        if self._response.is_started:
-            self._response.abort()
+        """The app returned without finishing: before a start it is a 500, after it an abort;
+        an app told that the client left owes nobody an answer."""
+        response = self._response
+        if self._saw_disconnect or response.is_disconnected:
+            raise ClientDisconnected("client disconnected before the response")
+        if response.is_started:
+            response.abort()
         else:
             raise RuntimeError("ASGI app returned without sending a response")
 
@@ -201,11 +211,14 @@ class _Lifespan:
 class AppHost:
     """Loads in-process ASGI apps by import path; one instance and one lifespan per app."""
 
-    __slots__ = ("_preloaded", "_forwarders", "_lifespans", "_lock")
+    __slots__ = ("_preloaded", "_forwarders", "_started", "_lifespans", "_lock")
 
     def __init__(self, preloaded: Mapping[str, ASGIApp] | None = None) -> None:
         self._preloaded = dict(preloaded or {})
         self._forwarders: dict[str, AppForwarder] = {}
+        # By app object, as two import paths (or two preloaded workers) may name one app:
+        # its lifespan runs once and its state is shared.
+        self._started: dict[int, AppForwarder] = {}
         self._lifespans: list[_Lifespan] = []
         self._lock = asyncio.Lock()
 
@@ -223,17 +236,23 @@ class AppHost:
 
     async def _start(self, import_path: str) -> AppForwarder:
         app = self._preloaded.get(import_path) or import_app(import_path)
+        started = self._started.get(id(app))
+        if started is not None:
+            return AppForwarder(app, import_path, started.state)
         state: dict[str, Any] = {}
         lifespan = _Lifespan(app, import_path, state)
         await lifespan.startup()
         self._lifespans.append(lifespan)
-        return AppForwarder(app, import_path, state)
+        forwarder = AppForwarder(app, import_path, state)
+        self._started[id(app)] = forwarder  # holds the app, so its id stays its own
+        return forwarder
 
     async def aclose(self) -> None:
         """Run every app's lifespan shutdown, newest first."""
         while self._lifespans:
             await self._lifespans.pop().shutdown()
         self._forwarders.clear()
+        self._started.clear()
 
 
 def import_app(import_path: str) -> ASGIApp:

@@ -28,13 +28,19 @@ from dispatcher.errors import (
     BadRequest,
     ExpectationFailed,
     HeadersTooLarge,
+    InternalError,
     MethodNotAllowed,
     PayloadTooLarge,
     RequestError,
     RequestTimeout,
     UriTooLong,
 )
-from dispatcher.http import ClientDisconnected, RequestHead, ResponseHeaderError
+from dispatcher.http import (
+    ClientDisconnected,
+    RequestHead,
+    ResponseBodyError,
+    ResponseHeaderError,
+)
 from dispatcher.normalize import normalize_host, normalize_path
 from dispatcher.settings import Limits
 from dispatcher.types import Header
@@ -60,7 +66,10 @@ _SPECIAL_HEADERS: Final = {
 }
 
 # Deadline kinds: what happens when ``_deadline`` passes.
-_NO_DEADLINE, _IDLE, _HEAD, _BODY, _DRAIN = 0, 1, 2, 3, 4
+_NO_DEADLINE, _IDLE, _HEAD, _BODY, _DRAIN, _LINGER = 0, 1, 2, 3, 4, 5
+
+LINGER_SECONDS: Final = 2.0
+"""How long a refused client may go on sending before the socket is closed under it."""
 
 
 class RequestHandler(Protocol):
@@ -142,8 +151,13 @@ class RequestBody:
     async def wait_disconnect(self) -> None:
         """Wait until the client goes away or the response has been sent (ASGI semantics)."""
         exchange = self._exchange
-        while self._error is None and not (exchange is not None and exchange.is_ended):
-            self._waiter = self._protocol.loop.create_future()
+        protocol = self._protocol
+        while not (
+            self._error is not None
+            or protocol.is_client_gone
+            or (exchange is not None and exchange.is_ended)
+        ):
+            self._waiter = protocol.loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -201,6 +215,7 @@ class RequestBody:
         self._is_discarding = True
         self._chunks.clear()
         self._buffered = 0
+        self._protocol.release_body_pressure()  # else the drain never gets its bytes
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -226,6 +241,7 @@ class Exchange:
         "_has_no_body",
         "_must_close",
         "_pending",
+        "_remaining",
         "status",
         "task",
     )
@@ -254,6 +270,7 @@ class Exchange:
         self._has_no_body = False
         self._must_close = False
         self._pending = b""
+        self._remaining = -1  # body bytes still owed when the length was declared
         self.status = 0
         self.task: asyncio.Task[None] | None = None
         if body is not None:
@@ -285,36 +302,41 @@ class Exchange:
         if self._is_started:
             raise RuntimeError("response already started")
         parts = [_STATUS_LINES.get(status) or _status_line(status)]
-        has_length = content_length is not None
-        if content_length is not None:
-            parts.append(b"content-length: %d\r\n" % content_length)
+        length = content_length
         for name, value in headers:
             lname = _validated_name(name)
             if _HEADER_VALUE_FORBIDDEN.search(value) is not None:
                 raise ResponseHeaderError(f"header {name!r} has CR, LF or NUL in its value")
             if lname == b"content-length":
-                if has_length:
-                    continue
-                has_length = True
-            elif lname == b"transfer-encoding" or lname == b"connection":
+                if length is None:
+                    length = _declared_length(value)
+                continue
+            if lname == b"transfer-encoding" or lname == b"connection":
                 if lname == b"connection" and b"close" in value.lower():
                     self._must_close = True
                 continue
             parts.append(name + b": " + value + b"\r\n")
-        self._frame(status, has_length, parts)
+        self._frame(status, length, parts)
         self._is_started = True
         self.status = status
         self._pending = b"".join(parts)
 
-    def _frame(self, status: int, has_length: bool, parts: list[bytes]) -> None:
+    def _frame(self, status: int, length: int | None, parts: list[bytes]) -> None:
         """Decide how the body is delimited and add the framing headers (RFC 9112 §6)."""
         self._has_no_body = self._is_head_request or status < 200 or status in (204, 304)
-        if not has_length and not self._has_no_body:
+        if length is not None and (status >= 200 and status != 204):
+            # 1xx and 204 never carry a Content-Length (RFC 9110 §8.6); HEAD and 304 may.
+            parts.append(b"content-length: %d\r\n" % length)
+            if not self._has_no_body:
+                self._remaining = length
+        elif not self._has_no_body:
             if self.head is not None and self.head.http_version == "1.1":
                 self._is_chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
             else:
                 self._must_close = True
+        if self.request_is_unread and self.body is not None and not self.body.is_complete:
+            self._must_close = True  # the unread body is never wanted: on_exchange_end closes
         if self._must_close or not self._keep_alive or self._protocol.state.is_closing:
             self._must_close = True
             parts.append(b"connection: close\r\n")
@@ -324,7 +346,15 @@ class Exchange:
     def write(self, data: bytes) -> None:
         if self._has_no_body or self._is_ended or not data:
             return
-        if self._is_chunked:
+        if self._remaining >= 0:
+            if len(data) > self._remaining:
+                self.abort()
+                raise ResponseBodyError(
+                    f"response body is longer than its content-length "
+                    f"({len(data) - self._remaining} bytes too many)"
+                )
+            self._remaining -= len(data)
+        elif self._is_chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self._pending:
             data = self._pending + data
@@ -337,6 +367,14 @@ class Exchange:
     def end(self) -> None:
         if self._is_ended:
             return
+        if self._remaining > 0:
+            # A short body must not end cleanly: the client would wait for the missing bytes
+            # or, on a reused connection, read the next response as this one's body.
+            self.abort()
+            raise ResponseBodyError(
+                f"response body is shorter than its content-length ({self._remaining} bytes "
+                "missing)"
+            )
         tail = _LAST_CHUNK if self._is_chunked else b""
         if self._pending or tail:
             self._protocol.write(self._pending + tail)
@@ -347,6 +385,10 @@ class Exchange:
         self._protocol.on_exchange_end(self)
 
     def abort(self) -> None:
+        """Cut the connection under an unfinished response; a finished one is left alone, as
+        the connection may already carry the next exchange or a buffered error answer."""
+        if self._is_ended:
+            return
         self._is_ended = True
         self._must_close = True
         self._protocol.abort()
@@ -393,6 +435,12 @@ def _validated_name(name: bytes) -> bytes:
     return name.lower()
 
 
+def _declared_length(value: bytes) -> int:
+    if not value.isdigit():
+        raise ResponseHeaderError(f"invalid content-length {value!r}")
+    return int(value)
+
+
 def _status_line(status: int) -> bytes:
     if not 100 <= status <= 999:
         raise ResponseHeaderError(f"invalid status code {status}")
@@ -431,6 +479,9 @@ class HttpProtocol(asyncio.Protocol):
         "_is_write_paused",
         "_drain_waiters",
         "_is_parser_dead",
+        "_is_advancing",
+        "_lingering",
+        "is_client_gone",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -463,6 +514,9 @@ class HttpProtocol(asyncio.Protocol):
         self._is_write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._is_parser_dead = False
+        self._is_advancing = False
+        self._lingering: asyncio.Transport | None = None
+        self.is_client_gone = False  # the client closed its side (EOF) or the connection
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -477,6 +531,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._lingering = None
+        self.is_client_gone = True
         self.state.connections.discard(self)
         lost = ClientDisconnected("client disconnected")
         for exchange in (self._active, self._parsing, *self._queue):
@@ -488,27 +544,37 @@ class HttpProtocol(asyncio.Protocol):
         if self._is_parser_dead:
             return
         if self._deadline_kind == _IDLE:
-            self._deadline_kind = _NO_DEADLINE
+            # The head's deadline runs from its first byte, even a CRLF the parser skips
+            # without beginning a message.
+            self._arm(_HEAD, self._limits.header_timeout)
         self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except RequestError as error:
-            self._fail(error)
         except httptools.HttpParserUpgrade:
             self._on_upgrade()
         except httptools.HttpParserError as error:
-            self._fail(BadRequest(f"malformed request: {_parser_message(error)}"))
+            self._fail(_request_error(error))
         else:
             if self._deadline_kind == _HEAD and self._head_bytes > self._head_limit():
                 self._fail(HeadersTooLarge("request head is larger than the configured limit"))
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still read our answer; close once it has been sent.
-        if self._active is None and not self._queue:
+        # A half-closed client may still read our answer; close once it has been sent. A
+        # worker waiting for the client to go away (ASGI http.disconnect) is told now, as
+        # nginx does (499): EOF and a full close look the same until we write.
+        self.is_client_gone = True
+        if self._lingering is not None or (self._active is None and not self._queue):
             return False
+        self._is_parser_dead = True
+        self._deadline_kind = _NO_DEADLINE
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None:
+            parsing.body.fail(ClientDisconnected("client closed the connection mid-body"))
         for exchange in (self._active, *self._queue):
             if exchange is not None:
                 exchange.close_after()
+                if exchange.body is not None:
+                    exchange.body.wake()
         return True
 
     def pause_writing(self) -> None:
@@ -530,7 +596,8 @@ class HttpProtocol(asyncio.Protocol):
         self._expect = None
         self._content_length = None
         self._connection = None
-        self._arm(_HEAD, self._limits.header_timeout)
+        if self._deadline_kind != _HEAD:  # armed by data_received on the first byte
+            self._arm(_HEAD, self._limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -681,13 +748,23 @@ class HttpProtocol(asyncio.Protocol):
             body.discard()
             self._arm(_DRAIN, self._limits.body_idle_timeout)
         self._active = None
-        if self._queue:
-            self._start(self._queue.popleft())
-            if not self._queue:
-                self._resume_reading()
-        elif self._parsing is None:
+        if not self._is_advancing:
+            self._advance()
+
+    def _advance(self) -> None:
+        """Start the queued exchanges in order. A loop, not recursion: an exchange answered at
+        once (404, 400) ends inside ``_start``, and a client may pipeline thousands."""
+        self._is_advancing = True
+        try:
+            while self._active is None and self._queue:
+                self._start(self._queue.popleft())
+        finally:
+            self._is_advancing = False
+        if self._queue or self.transport is None:
+            return
+        if self._active is None and self._parsing is None:
             self._arm(_IDLE, self._limits.keepalive_timeout)
-            self._resume_reading()
+        self._resume_reading()
 
     def _fail(self, error: RequestError) -> None:
         """Stop parsing; answer ``error`` after the requests already received, then close."""
@@ -728,7 +805,21 @@ class HttpProtocol(asyncio.Protocol):
     def check_deadline(self, now: float) -> None:
         """Called by the listener's sweep; acts on an overdue head, body or idle wait."""
         kind = self._deadline_kind
-        if kind == _NO_DEADLINE or now < self._deadline or self.transport is None:
+        if kind == _NO_DEADLINE or now < self._deadline:
+            return
+        if kind == _LINGER and self._lingering is not None:
+            self._deadline_kind = _NO_DEADLINE
+            self._lingering.close()
+            return
+        if self.transport is None:
+            return
+        if self._is_reading_paused and kind != _IDLE:
+            # We stopped reading (a slow worker, pipelined requests waiting their turn): the
+            # client cannot be late while we do not listen. The clock restarts from now.
+            timeout = (
+                self._limits.header_timeout if kind == _HEAD else self._limits.body_idle_timeout
+            )
+            self._deadline = now + timeout
             return
         self._deadline_kind = _NO_DEADLINE
         if kind == _IDLE or kind == _DRAIN:
@@ -790,18 +881,52 @@ class HttpProtocol(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        self.transport = None  # forget it at once: a closing transport may raise on write
+        if (self._is_parser_dead or self._parsing is not None) and not self.is_client_gone:
+            self._linger(transport)
+        else:
+            transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close a connection whose client may still be sending (a refused or unread body).
+
+        Closing a socket with unread bytes makes the kernel answer with a reset, which can
+        destroy the response still in flight. So, as nginx's lingering close does: send FIN
+        after the response, discard whatever arrives, and close when the client does or
+        after ``LINGER_SECONDS``.
+        """
+        self._is_parser_dead = True  # data_received now discards
+        self._lingering = transport
+        self._arm(_LINGER, LINGER_SECONDS)
+        transport.write_eof()
+        transport.resume_reading()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport or self._lingering
+        self.transport = self._lingering = None
+        if transport is not None:
+            transport.abort()
 
 
 def _address(value: object) -> tuple[str, int] | None:
     if isinstance(value, tuple) and len(value) >= 2:
         return (str(value[0]), int(value[1]))
     return None
+
+
+def _request_error(error: Exception) -> RequestError:
+    """What to answer for a parser error; httptools keeps a callback's own exception in
+    ``__context__`` (our limit and head checks raise ``RequestError`` from the callbacks)."""
+    raised = error.__context__
+    if isinstance(raised, RequestError):
+        return raised
+    if raised is not None:
+        logger.error("request parser callback failed", exc_info=raised)
+        return InternalError("Unexpected error while parsing the request")
+    return BadRequest(f"malformed request: {_parser_message(error)}")
 
 
 def _parser_message(error: Exception) -> str:
