@@ -141,9 +141,10 @@ class _AsgiExchange:
         if self.is_complete:
             return
         if not response.is_started:
-            # One message is the whole body, so its length is known; for HEAD only when the
-            # app sent the GET body (an empty one says nothing about the GET length).
-            length = None if more_body or (self._is_head and not data) else len(data)
+            # One message is the whole body, so its length is known; for HEAD and 304 only
+            # when the app sent the body (an empty one says nothing about the GET length).
+            says_nothing = not data and (self._is_head or self._status == 304)
+            length = None if more_body or says_nothing else len(data)
             response.start(self._status, self._headers, content_length=length)
         response.write(data)
         if more_body:
@@ -184,6 +185,7 @@ class _Lifespan:
         await self._inbox.put({"type": "lifespan.startup"})
         reply = await self._outbox.get()
         if reply["type"] == "lifespan.startup.failed":
+            self._task.cancel()  # it may wait for a shutdown that will never be sent
             raise ConfigError(
                 f"worker app {self._name}: startup failed: {reply.get('message', '')}"
             )

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import Final
@@ -82,5 +83,8 @@ class Listener:
             connection.abort()
         if self._ticker is not None:
             self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
         await self._server.wait_closed()
         self._server = None

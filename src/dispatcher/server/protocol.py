@@ -3,9 +3,14 @@
 It enforces the limits and deadlines of ``Limits`` (request line, header line, header block
 and count, header deadline, body idle timeout, keep-alive idle, body size), answers pipelined
 requests in order, streams request bodies with flow control in both directions, handles
-``Expect: 100-continue`` and honours ``Connection: close``. What to do with a request is the
-``RequestHandler``'s business (the ``Dispatcher``): the protocol hands it a ``RequestHead``,
-a ``RequestBody`` and the ``Exchange`` that writes the response.
+``Expect: 100-continue``, honours ``Connection: close``, and closes a connection whose client
+may still be sending with a lingering close (so a 413 is not lost to a reset). It also holds
+workers to the framing they declare: a body shorter or longer than its content-length cuts
+the connection.
+
+What to do with a request is the ``RequestHandler``'s business (the ``Dispatcher``): the
+protocol hands it a ``RequestHead``, a ``RequestBody`` and the ``Exchange`` that writes the
+response.
 
 Deadlines are checked by the listener's once-per-tick sweep against a coarse clock
 (``ServerState.now``), so arming one costs an attribute store, not a timer per request.
@@ -108,7 +113,13 @@ class ServerState:
         self.now = self.loop.time()
         self.date_line = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
         for connection in list(self.connections):
-            connection.check_deadline(self.now)
+            try:
+                connection.check_deadline(self.now)
+            except Exception:
+                # One broken connection must not stop the sweep: the deadlines of all the
+                # others (slowloris protection) depend on it.
+                logger.exception("deadline check failed; aborting the connection")
+                connection.abort()
 
 
 class RequestBody:
@@ -559,22 +570,27 @@ class HttpProtocol(asyncio.Protocol):
                 self._fail(HeadersTooLarge("request head is larger than the configured limit"))
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still read our answer; close once it has been sent. A
-        # worker waiting for the client to go away (ASGI http.disconnect) is told now, as
-        # nginx does (499): EOF and a full close look the same until we write.
+        # A half-closed client may still read our answers: the requests it completed are
+        # answered, then the connection closes. A worker waiting for the client to go away
+        # (ASGI http.disconnect) is told now, as nginx does (499): EOF and a full close look
+        # the same until we write.
         self.is_client_gone = True
         if self._lingering is not None or (self._active is None and not self._queue):
             return False
         self._is_parser_dead = True
         self._deadline_kind = _NO_DEADLINE
-        parsing = self._parsing
-        if parsing is not None and parsing.body is not None:
-            parsing.body.fail(ClientDisconnected("client closed the connection mid-body"))
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None:
+            if parsing.body is not None:
+                parsing.body.fail(ClientDisconnected("client closed the connection mid-body"))
+            if parsing in self._queue:
+                self._queue.remove(parsing)  # it can never be complete: nobody answers it
+        last = self._queue[-1] if self._queue else self._active
+        if last is not None:
+            last.close_after()
         for exchange in (self._active, *self._queue):
-            if exchange is not None:
-                exchange.close_after()
-                if exchange.body is not None:
-                    exchange.body.wake()
+            if exchange is not None and exchange.body is not None:
+                exchange.body.wake()
         return True
 
     def pause_writing(self) -> None:
@@ -792,9 +808,11 @@ class HttpProtocol(asyncio.Protocol):
         # and close, so no byte after the head is read as HTTP.
         self._is_parser_dead = True
         self._pause_reading()
+        if self._active is None:  # already answered (a 404, say): nothing left to send
+            self._close()
+            return
         for exchange in (self._active, *self._queue):
-            if exchange is not None:
-                exchange.close_after()
+            exchange.close_after()
 
     # -- deadlines ------------------------------------------------------------------------
 
@@ -899,10 +917,14 @@ class HttpProtocol(asyncio.Protocol):
         after ``LINGER_SECONDS``.
         """
         self._is_parser_dead = True  # data_received now discards
+        try:
+            transport.write_eof()
+            transport.resume_reading()
+        except (OSError, RuntimeError):  # the socket is already gone
+            transport.abort()
+            return
         self._lingering = transport
         self._arm(_LINGER, LINGER_SECONDS)
-        transport.write_eof()
-        transport.resume_reading()
 
     def abort(self) -> None:
         transport = self.transport or self._lingering
