@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from dispatcher.dispatch import Dispatcher
 from dispatcher.forwarding.asgi import AppHost
+from dispatcher.forwarding.upstream import UpstreamHub
 from dispatcher.namespaces import Snapshot
 from dispatcher.server.listeners import Listener
 from dispatcher.settings import Settings
@@ -70,8 +71,9 @@ async def running(
             await prepare(store, settings)
         app_host = AppHost(apps)
         stack.push_async_callback(app_host.aclose)
+        upstreams = await stack.enter_async_context(UpstreamHub(settings.proxy))
         builder = SnapshotBuilder(
-            settings.routes, settings.environment, settings.namespace, app_host
+            settings.routes, settings.environment, settings.namespace, app_host, upstreams
         )
         snapshot = await builder.build(store)
         dispatcher = Dispatcher(

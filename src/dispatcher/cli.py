@@ -91,7 +91,7 @@ async def deploy_missing_echo_workers(store: RegistryStore, settings: Settings) 
     loaded = await store.load_namespace(settings.namespace)
     deployed = {d.worker for d in loaded[1]} if loaded is not None else set()
     for service in settings.routes.services:
-        if service not in deployed:
+        if WorkerName(service) not in deployed:
             await store.deploy(
                 settings.namespace, WorkerName(service), AppTarget(ECHO_APP), actor="dev"
             )

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.errors import (
-    InternalError,
     NamespaceMissing,
     RequestError,
     ServiceNotFound,
     WorkerNotDeployed,
 )
-from dispatcher.http import BodyStream, ClientDisconnected, RequestHead, ResponseWriter
-from dispatcher.namespaces import Snapshot, Worker
+from dispatcher.http import BodyStream, RequestHead, ResponseWriter
+from dispatcher.namespaces import Snapshot
 
 if TYPE_CHECKING:
     from dispatcher.settings import RoutePattern
@@ -78,7 +76,7 @@ class Dispatcher:
             self._reject(WorkerNotDeployed(match.worker, snapshot.environment), exchange)
             return None
         head.route = match
-        return self._forward(worker, head, body, exchange)
+        return worker.forwarder.forward(worker, head, body, exchange)
 
     def handle_error(self, error: RequestError, exchange: ResponseWriter) -> None:
         """A request the connection could not parse or finish: answer its status and close."""
@@ -89,30 +87,6 @@ class Dispatcher:
 
     def _is_accepted(self, head: RequestHead) -> bool:
         return any(p.matches(head.host, head.path) for p in self._accept_patterns)
-
-    async def _forward(
-        self, worker: Worker, head: RequestHead, body: BodyStream, exchange: ResponseWriter
-    ) -> None:
-        try:
-            await worker.forwarder.forward(worker, head, body, exchange)
-        except ClientDisconnected:
-            exchange.abort()
-        except Exception:
-            error_id = secrets.token_hex(6)
-            logger.exception(
-                "Dispatch error %s: %s %s%s -> worker %s in %s",
-                error_id,
-                head.method,
-                head.host,
-                head.path,
-                worker.name,
-                worker.deployment.namespace,
-            )
-            if exchange.is_started:
-                exchange.abort()
-            else:
-                error = InternalError(f"Unexpected error while dispatching (error id {error_id})")
-                exchange.send_error(error.status, error.body())
 
     def _answer_health(self, snapshot: Snapshot, exchange: ResponseWriter) -> None:
         namespace = snapshot.namespace

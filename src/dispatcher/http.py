@@ -56,6 +56,14 @@ class RequestHead:
     client: tuple[str, int] | None = None
     server: tuple[str, int] | None = None
     scheme: str = "http"
+    body_length: int = 0
+    """0: no body; N: Content-Length N; -1: chunked (length unknown)."""
+    connection: bytes | None = None
+    """The Connection header's value(s), joined: what a proxy must treat as hop-by-hop."""
+    upgrade: bytes | None = None
+    """``b"websocket"`` when the client asks to switch to WebSocket, else ``None``."""
+    raw_path_is_canonical: bool = True
+    """The path as sent was already canonical: ``target`` may be forwarded byte for byte."""
     route: RouteMatch | None = field(default=None)
 
 
@@ -81,8 +89,34 @@ class BodyStream(Protocol):
         ...
 
 
+class Producer(Protocol):
+    """What feeds a response from elsewhere (an upstream connection): the client side pauses
+    it while the client is slow to read, and cancels it when the client goes away."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+class TunnelPeer(Protocol):
+    """The other end of a switched protocol (an upstream WebSocket connection)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
 class ResponseWriter(Protocol):
     """Writes one response on the connection, choosing the framing (length, chunked, close)."""
+
+    producer: Producer | None
+    """Set by a forwarder that streams from elsewhere, for back-pressure and cancellation."""
 
     @property
     def is_started(self) -> bool:
@@ -98,6 +132,17 @@ class ResponseWriter(Protocol):
         self, status: int, headers: list[Header], *, content_length: int | None = None
     ) -> None:
         """Commit status and headers; ``content_length`` frames the body when known."""
+        ...
+
+    def start_head(self, status: int, header_block: bytes, *, content_length: int | None) -> None:
+        """Commit a proxied head: ``header_block`` is already-serialized end-to-end lines
+        (``name: value\\r\\n`` each), hop-by-hop removed; the framing is added here."""
+        ...
+
+    def start_tunnel(self, header_block: bytes, peer: TunnelPeer) -> TunnelPeer:
+        """Answer ``101 Switching Protocols`` and from then on pipe raw bytes both ways.
+
+        Returns the client side as a peer for the other end to write to."""
         ...
 
     def write(self, data: bytes) -> None:

@@ -18,11 +18,12 @@ from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.forwarding import Forwarder
 from dispatcher.forwarding.asgi import AppHost
 from dispatcher.forwarding.broken import BrokenForwarder
+from dispatcher.forwarding.upstream import UpstreamHub
 from dispatcher.namespaces import Namespace, Snapshot, Worker
 from dispatcher.routing import RouteTable
 from dispatcher.store import RegistryStore
 from dispatcher.types import EnvironmentName, NamespaceName, WorkerName
-from dispatcher.workers import Deployment, Target
+from dispatcher.workers import Deployment, Target, UpstreamTarget
 
 logger = logging.getLogger("dispatcher.sync")
 
@@ -30,7 +31,7 @@ logger = logging.getLogger("dispatcher.sync")
 class SnapshotBuilder:
     """Builds snapshots for one environment; loading worker apps happens here, off the hot path."""
 
-    __slots__ = ("routes", "environment", "namespace", "_apps")
+    __slots__ = ("routes", "environment", "namespace", "_apps", "_upstreams")
 
     def __init__(
         self,
@@ -38,11 +39,13 @@ class SnapshotBuilder:
         environment: EnvironmentName,
         namespace: NamespaceName,
         apps: AppHost,
+        upstreams: UpstreamHub,
     ) -> None:
         self.routes = routes
         self.environment = environment
         self.namespace = namespace
         self._apps = apps
+        self._upstreams = upstreams
 
     async def build(self, store: RegistryStore) -> Snapshot:
         """Read the namespace in one transaction and prepare a forwarder per worker."""
@@ -63,6 +66,8 @@ class SnapshotBuilder:
 
     async def _forwarder_for(self, deployment: Deployment) -> Forwarder:
         target: Target = deployment.target
+        if isinstance(target, UpstreamTarget):
+            return self._upstreams.forwarder_for(target)
         try:
             return await self._apps.forwarder_for(target.import_path)
         except ConfigError as exc:

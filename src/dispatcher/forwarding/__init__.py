@@ -7,7 +7,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dispatcher.http import BodyStream, RequestHead, ResponseWriter
 
@@ -18,8 +19,12 @@ if TYPE_CHECKING:
 class Forwarder(Protocol):
     """Reaches the target of a worker: an in-process ASGI app, or (later) an upstream."""
 
-    async def forward(
+    def forward(
         self, worker: Worker, head: RequestHead, body: BodyStream, response: ResponseWriter
-    ) -> None:
-        """Hand the request to the worker and write its answer through ``response``."""
+    ) -> Coroutine[Any, Any, None] | None:
+        """Hand the request to the worker, which answers through ``response``.
+
+        Returns the coroutine the server runs as a task, or ``None`` when the forwarder
+        proceeds by callbacks alone (a pooled upstream connection and no body to stream).
+        """
         ...

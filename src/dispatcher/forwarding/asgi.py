@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
-from dispatcher.errors import ConfigError
+from dispatcher.errors import ConfigError, InternalError
 from dispatcher.http import BodyStream, ClientDisconnected, RequestHead, ResponseWriter
 from dispatcher.types import ASGIApp, Message, Scope
 
@@ -35,12 +36,14 @@ _DISCONNECT: Final = {"type": "http.disconnect"}
 class AppForwarder:
     """Serves requests with one in-process ASGI app (http scope, ASGI 3)."""
 
-    __slots__ = ("app", "import_path", "state")
+    __slots__ = ("app", "import_path", "state", "_extensions")
 
     def __init__(self, app: ASGIApp, import_path: str, state: dict[str, Any]) -> None:
         self.app = app
         self.import_path = import_path
         self.state = state  # the lifespan's state, copied into each request's scope
+        # scope["extensions"] per (worker, service), built once: it never changes per request.
+        self._extensions: dict[tuple[str, str], dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"<AppForwarder {self.import_path}>"
@@ -48,11 +51,15 @@ class AppForwarder:
     async def forward(
         self, worker: Worker, head: RequestHead, body: BodyStream, response: ResponseWriter
     ) -> None:
-        scope = self._scope(worker, head)
         exchange = _AsgiExchange(head, body, response)
-        await self.app(scope, exchange.receive, exchange.send)
-        if not exchange.is_complete:
-            exchange.finish_incomplete()
+        try:
+            await self.app(self._scope(worker, head), exchange.receive, exchange.send)
+            if not exchange.is_complete:
+                exchange.finish_incomplete()
+        except ClientDisconnected:
+            response.abort()
+        except Exception:
+            _report_failure(worker, head, response)
 
     def _scope(self, worker: Worker, head: RequestHead) -> Scope:
         path = head.path
@@ -71,15 +78,41 @@ class AppForwarder:
             "client": head.client,
             "server": head.server,
             "state": self.state.copy(),
-            "extensions": {
+            "extensions": self._extensions_for(worker, route.service if route else worker.name),
+        }
+
+    def _extensions_for(self, worker: Worker, service: str) -> dict[str, Any]:
+        key = (worker.name, service)
+        extensions = self._extensions.get(key)
+        if extensions is None:
+            extensions = self._extensions[key] = {
                 "dispatcher": {
-                    "service": route.service if route is not None else worker.name,
+                    "service": service,
                     "worker": worker.name,
                     "environment": worker.environment,
                     "namespace": worker.deployment.namespace,
                 }
-            },
-        }
+            }
+        return extensions
+
+
+def _report_failure(worker: Worker, head: RequestHead, response: ResponseWriter) -> None:
+    """The seed's 500 with an error id that is also logged with the traceback."""
+    error_id = secrets.token_hex(6)
+    logger.exception(
+        "Dispatch error %s: %s %s%s -> worker %s in %s",
+        error_id,
+        head.method,
+        head.host,
+        head.path,
+        worker.name,
+        worker.deployment.namespace,
+    )
+    if response.is_started:
+        response.abort()
+    else:
+        error = InternalError(f"Unexpected error while dispatching (error id {error_id})")
+        response.send_error(error.status, error.body())
 
 
 class _AsgiExchange:
@@ -130,7 +163,7 @@ class _AsgiExchange:
             if self._status:
                 raise RuntimeError("ASGI app sent 'http.response.start' twice")
             self._status = int(message["status"])
-            self._headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
+            self._headers = message.get("headers", ())
         else:
             raise RuntimeError(f"ASGI app sent an unexpected message type {kind!r}")
 

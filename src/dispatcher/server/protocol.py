@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
 from collections.abc import Coroutine
 from email.utils import formatdate
@@ -42,9 +41,11 @@ from dispatcher.errors import (
 )
 from dispatcher.http import (
     ClientDisconnected,
+    Producer,
     RequestHead,
     ResponseBodyError,
     ResponseHeaderError,
+    TunnelPeer,
 )
 from dispatcher.normalize import normalize_host, normalize_path
 from dispatcher.settings import Limits
@@ -57,17 +58,23 @@ _STATUS_LINES: Final = {
 }
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
-_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HEADER_VALUE_FORBIDDEN = re.compile(rb"[\x00\r\n]")
+# RFC 9110 §5.6.2 tchar: translate(None, _TOKEN_CHARS) leaves only the bytes that are not.
+_TOKEN_CHARS: Final = (
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+_HOST_CACHE_SIZE: Final = 1024
 
 # What on_header remembers besides storing the line (one dict lookup per header).
-_HOST, _EXPECT, _CONTENT_LENGTH, _CONNECTION = 1, 2, 3, 4
+_HOST, _EXPECT, _CONTENT_LENGTH, _CONNECTION, _TRANSFER_ENCODING, _UPGRADE = 1, 2, 3, 4, 5, 6
 _SPECIAL_HEADERS: Final = {
     b"host": _HOST,
     b"expect": _EXPECT,
     b"content-length": _CONTENT_LENGTH,
     b"connection": _CONNECTION,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"upgrade": _UPGRADE,
 }
 
 # Deadline kinds: what happens when ``_deadline`` passes.
@@ -94,7 +101,16 @@ class RequestHandler(Protocol):
 class ServerState:
     """Shared by the connections of one listener: coarse clock, Date line, live connections."""
 
-    __slots__ = ("loop", "limits", "handler", "now", "date_line", "connections", "is_closing")
+    __slots__ = (
+        "loop",
+        "limits",
+        "handler",
+        "now",
+        "date_line",
+        "connections",
+        "is_closing",
+        "hosts",
+    )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, limits: Limits, handler: RequestHandler
@@ -106,6 +122,9 @@ class ServerState:
         self.date_line = b""
         self.connections: set[HttpProtocol] = set()
         self.is_closing = False
+        # Raw Host value -> canonical host: most traffic repeats a few hosts, and validating
+        # one costs more than the rest of routing. Bounded; only valid hosts are kept.
+        self.hosts: dict[bytes, str] = {}
         self.tick()
 
     def tick(self) -> None:
@@ -136,6 +155,7 @@ class RequestBody:
         "_error",
         "_waiter",
         "_is_discarding",
+        "_is_answered",
     )
 
     def __init__(self, protocol: HttpProtocol, limit: int) -> None:
@@ -149,6 +169,7 @@ class RequestBody:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._is_discarding = False
+        self._is_answered = False
 
     @property
     def is_complete(self) -> bool:
@@ -161,13 +182,8 @@ class RequestBody:
 
     async def wait_disconnect(self) -> None:
         """Wait until the client goes away or the response has been sent (ASGI semantics)."""
-        exchange = self._exchange
         protocol = self._protocol
-        while not (
-            self._error is not None
-            or protocol.is_client_gone
-            or (exchange is not None and exchange.is_ended)
-        ):
+        while not (self._error is not None or protocol.is_client_gone or self._is_answered):
             self._waiter = protocol.loop.create_future()
             try:
                 await self._waiter
@@ -175,7 +191,14 @@ class RequestBody:
                 self._waiter = None
 
     def wake(self) -> None:
-        """Wake a reader waiting on this body (the exchange ended, or the client left)."""
+        """Wake a reader waiting on this body (the client left)."""
+        self._wake()
+
+    def answered(self) -> None:
+        """The response has been sent: forget the exchange (no reference cycle per request
+        for the garbage collector to find) and wake a reader waiting for the end."""
+        self._is_answered = True
+        self._exchange = None
         self._wake()
 
     async def read(self) -> bytes:
@@ -255,6 +278,7 @@ class Exchange:
         "_remaining",
         "status",
         "task",
+        "producer",
     )
 
     def __init__(
@@ -284,6 +308,7 @@ class Exchange:
         self._remaining = -1  # body bytes still owed when the length was declared
         self.status = 0
         self.task: asyncio.Task[None] | None = None
+        self.producer: Producer | None = None
         if body is not None:
             body._exchange = self
 
@@ -315,15 +340,16 @@ class Exchange:
         parts = [_STATUS_LINES.get(status) or _status_line(status)]
         length = content_length
         for name, value in headers:
-            lname = _validated_name(name)
-            if _HEADER_VALUE_FORBIDDEN.search(value) is not None:
+            if not name or name.translate(None, _TOKEN_CHARS):
+                raise ResponseHeaderError(f"invalid header name {name!r}")
+            if b"\r" in value or b"\n" in value or b"\x00" in value:
                 raise ResponseHeaderError(f"header {name!r} has CR, LF or NUL in its value")
-            if lname == b"content-length":
-                if length is None:
-                    length = _declared_length(value)
-                continue
-            if lname == b"transfer-encoding" or lname == b"connection":
-                if lname == b"connection" and b"close" in value.lower():
+            lname = name.lower()
+            if lname in _FRAMING:
+                if lname == b"content-length":
+                    if length is None:
+                        length = _declared_length(value)
+                elif lname == b"connection" and b"close" in value.lower():
                     self._must_close = True
                 continue
             parts.append(name + b": " + value + b"\r\n")
@@ -332,7 +358,30 @@ class Exchange:
         self.status = status
         self._pending = b"".join(parts)
 
-    def _frame(self, status: int, length: int | None, parts: list[bytes]) -> None:
+    def start_head(self, status: int, header_block: bytes, *, content_length: int | None) -> None:
+        """Commit a proxied head whose lines the upstream parser already validated."""
+        if self._is_ended:
+            return
+        if self._is_started:
+            raise RuntimeError("response already started")
+        parts = [_STATUS_LINES.get(status) or _status_line(status), header_block]
+        self._frame(status, content_length, parts, date=False)
+        self._is_started = True
+        self.status = status
+        self._pending = b"".join(parts)
+
+    def start_tunnel(self, header_block: bytes, peer: TunnelPeer) -> TunnelPeer:
+        """``101 Switching Protocols``, then raw bytes both ways (``HttpProtocol.tunnel``)."""
+        self._is_started = self._is_ended = True
+        self.status = 101
+        self._protocol.write(_STATUS_LINES[101] + header_block + b"\r\n")
+        if self.body is not None:
+            self.body.answered()
+        return self._protocol.tunnel(self, peer)
+
+    def _frame(
+        self, status: int, length: int | None, parts: list[bytes], *, date: bool = True
+    ) -> None:
         """Decide how the body is delimited and add the framing headers (RFC 9112 §6)."""
         self._has_no_body = self._is_head_request or status < 200 or status in (204, 304)
         if length is not None and (status >= 200 and status != 204):
@@ -351,7 +400,8 @@ class Exchange:
         if self._must_close or not self._keep_alive or self._protocol.state.is_closing:
             self._must_close = True
             parts.append(b"connection: close\r\n")
-        parts.append(self._protocol.state.date_line)
+        if date:
+            parts.append(self._protocol.state.date_line)
         parts.append(b"\r\n")
 
     def write(self, data: bytes) -> None:
@@ -392,7 +442,7 @@ class Exchange:
             self._pending = b""
         self._is_ended = True
         if self.body is not None:
-            self.body.wake()
+            self.body.answered()
         self._protocol.on_exchange_end(self)
 
     def abort(self) -> None:
@@ -438,12 +488,6 @@ class Exchange:
                     b'{"error": "Internal server error", '
                     b'"message": "worker returned without a response"}',
                 )
-
-
-def _validated_name(name: bytes) -> bytes:
-    if _HEADER_NAME.fullmatch(name) is None:
-        raise ResponseHeaderError(f"invalid header name {name!r}")
-    return name.lower()
 
 
 def _declared_length(value: bytes) -> int:
@@ -492,6 +536,10 @@ class HttpProtocol(asyncio.Protocol):
         "_is_parser_dead",
         "_is_advancing",
         "_lingering",
+        "_is_chunked",
+        "_upgrade",
+        "_tunnel",
+        "_upgrade_buffer",
         "is_client_gone",
     )
 
@@ -527,6 +575,10 @@ class HttpProtocol(asyncio.Protocol):
         self._is_parser_dead = False
         self._is_advancing = False
         self._lingering: asyncio.Transport | None = None
+        self._is_chunked = False
+        self._upgrade: bytes | None = None
+        self._tunnel: TunnelPeer | None = None
+        self._upgrade_buffer = b""
         self.is_client_gone = False  # the client closed its side (EOF) or the connection
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -549,9 +601,19 @@ class HttpProtocol(asyncio.Protocol):
         for exchange in (self._active, self._parsing, *self._queue):
             if exchange is not None and exchange.body is not None:
                 exchange.body.fail(lost)
+        active = self._active
+        if active is not None and active.producer is not None:
+            active.producer.cancel()  # an upstream response nobody will read
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            tunnel.close()
         self._release_drain_waiters()
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.write(data)
+            return
         if self._is_parser_dead:
             return
         if self._deadline_kind == _IDLE:
@@ -561,8 +623,9 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._on_upgrade()
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._on_upgrade(data[offset:])
         except httptools.HttpParserError as error:
             self._fail(_request_error(error))
         else:
@@ -595,10 +658,22 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._is_write_paused = True
+        producer = self._producer()
+        if producer is not None:
+            producer.pause_reading()
 
     def resume_writing(self) -> None:
         self._is_write_paused = False
+        producer = self._producer()
+        if producer is not None:
+            producer.resume_reading()
         self._release_drain_waiters()
+
+    def _producer(self) -> Producer | TunnelPeer | None:
+        if self._tunnel is not None:
+            return self._tunnel
+        active = self._active
+        return active.producer if active is not None else None
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -612,6 +687,8 @@ class HttpProtocol(asyncio.Protocol):
         self._expect = None
         self._content_length = None
         self._connection = None
+        self._is_chunked = False
+        self._upgrade = None
         if self._deadline_kind != _HEAD:  # armed by data_received on the first byte
             self._arm(_HEAD, self._limits.header_timeout)
 
@@ -646,8 +723,13 @@ class HttpProtocol(asyncio.Protocol):
             self._expect = value
         elif special == _CONTENT_LENGTH:
             self._content_length = value
+        elif special == _CONNECTION:
+            previous = self._connection
+            self._connection = value if previous is None else previous + b", " + value
+        elif special == _TRANSFER_ENCODING:
+            self._is_chunked = True  # llhttp refuses any coding but a final "chunked"
         else:
-            self._connection = value
+            self._upgrade = value
 
     def on_headers_complete(self) -> None:
         self._head_bytes = 0
@@ -689,9 +771,18 @@ class HttpProtocol(asyncio.Protocol):
         if target[:1] != b"/":
             raise BadRequest("request target must be in origin-form (a path starting with '/')")
         question = target.find(b"?")
-        raw_path = target if question < 0 else target[:question]
+        raw_path = (target if question < 0 else target[:question]).decode("latin-1")
         query = b"" if question < 0 else target[question + 1 :]
-        path = normalize_path(raw_path.decode("latin-1"))
+        path = normalize_path(raw_path)
+        if self._is_chunked:
+            body_length = -1
+        else:
+            body_length = int(self._content_length) if self._content_length else 0
+        upgrade = self._upgrade
+        if upgrade is not None and (
+            upgrade.lower() != b"websocket" or not self._parser.should_upgrade()
+        ):
+            upgrade = None  # only WebSocket is switched to; h2c and the rest are plain HTTP
         return RequestHead(
             method,
             target,
@@ -702,6 +793,11 @@ class HttpProtocol(asyncio.Protocol):
             version,
             self._client,
             self._server,
+            "http",
+            body_length,
+            self._connection,
+            upgrade,
+            path == raw_path,
         )
 
     def _canonical_host(self, version: str) -> str:
@@ -711,7 +807,14 @@ class HttpProtocol(asyncio.Protocol):
             if version == "1.1":
                 raise BadRequest("missing Host header")
             return ""
-        return normalize_host(self._host.decode("latin-1"))
+        hosts = self.state.hosts
+        host = hosts.get(self._host)
+        if host is None:
+            host = normalize_host(self._host.decode("latin-1"))
+            if len(hosts) >= _HOST_CACHE_SIZE:
+                hosts.clear()
+            hosts[self._host] = host
+        return host
 
     def _check_body_announcement(self, version: str) -> bool:
         """Reject an oversized Content-Length before any body byte is read; note Expect."""
@@ -803,16 +906,36 @@ class HttpProtocol(asyncio.Protocol):
                 self._queue.remove(parsing)
         self._enqueue(Exchange(self, None, None, keep_alive=False, error=error))
 
-    def _on_upgrade(self) -> None:
-        # Protocol upgrades (WebSocket) are not served yet: answer the request as plain HTTP
-        # and close, so no byte after the head is read as HTTP.
+    def _on_upgrade(self, leftover: bytes) -> None:
+        """The client asked to switch protocols: no byte after this head is HTTP any more.
+
+        A forwarder that tunnels (an upstream answering 101) takes the connection over
+        through ``tunnel``; any other answer is sent as plain HTTP, then the connection
+        closes. Bytes that came after the head wait in ``_upgrade_buffer`` meanwhile.
+        """
         self._is_parser_dead = True
+        self._upgrade_buffer = leftover
         self._pause_reading()
         if self._active is None:  # already answered (a 404, say): nothing left to send
             self._close()
             return
         for exchange in (self._active, *self._queue):
             exchange.close_after()
+
+    def tunnel(self, exchange: Exchange, peer: TunnelPeer) -> TunnelPeer:
+        """Switch to piping raw bytes with ``peer``; returns this side for the peer to use."""
+        if exchange is self._active:
+            self._active = None
+        self._deadline_kind = _NO_DEADLINE
+        self._tunnel = peer
+        buffered, self._upgrade_buffer = self._upgrade_buffer, b""
+        if buffered:
+            peer.write(buffered)
+        transport = self.transport
+        if transport is not None:
+            self._is_reading_paused = False
+            transport.resume_reading()
+        return _ClientSide(self)
 
     # -- deadlines ------------------------------------------------------------------------
 
@@ -931,6 +1054,33 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = self._lingering = None
         if transport is not None:
             transport.abort()
+
+
+class _ClientSide:
+    """The client connection as a ``TunnelPeer`` for the upstream end of a tunnel."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: HttpProtocol) -> None:
+        self._protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        self._protocol.write(data)
+
+    def close(self) -> None:
+        protocol = self._protocol
+        protocol._tunnel = None
+        protocol._close()
+
+    def pause_reading(self) -> None:
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.resume_reading()
 
 
 def _address(value: object) -> tuple[str, int] | None:

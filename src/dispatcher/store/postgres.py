@@ -204,9 +204,7 @@ def _parse_url(url: str) -> dict[str, Any]:
         return conninfo_to_dict(url)
     except psycopg.Error as exc:
         # The parser's message may quote the password back: name only the masked URL.
-        raise ConfigError(
-            f"DISPATCHER_STORE: not a valid PostgreSQL URL: {mask_url(url)}"
-        ) from exc
+        raise ConfigError(f"DISPATCHER_STORE: not a valid PostgreSQL URL: {mask_url(url)}") from exc
 
 
 def mask_url(url: str) -> str:

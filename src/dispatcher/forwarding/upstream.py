@@ -1,0 +1,838 @@
+"""Upstream workers: a reverse proxy at the protocol level.
+
+``UpstreamHub`` owns one keep-alive pool of ``UpstreamConnection`` protocols per upstream
+URL (httptools parses the responses), the passive health of each upstream and the sweep
+that enforces connect, response-header, stream-idle and pool-idle timeouts.
+``UpstreamForwarder`` serves one worker: it rewrites the request head once (hop-by-hop
+headers out, ``X-Forwarded-*`` in), picks an upstream round-robin, and streams both bodies.
+
+A body-less request on a pooled connection runs entirely in callbacks (no task); anything
+that must wait (a new connection, a request body to stream) runs as one coroutine.
+
+Failures answer like the seed's errors: refused or unreachable → 502 "Bad gateway",
+timeouts → 504 "Gateway timeout"; a response cut after it started aborts the client
+connection, so a truncated body never looks complete.
+
+Example::
+
+    async with UpstreamHub(ProxySettings()) as hub:
+        target = parse_target({"url": "http://127.0.0.1:9000"})
+        forwarder = hub.forwarder_for(target)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter, deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import httptools
+
+from dispatcher.errors import RequestError
+from dispatcher.http import (
+    BodyStream,
+    ClientDisconnected,
+    RequestHead,
+    ResponseWriter,
+    TunnelPeer,
+)
+from dispatcher.settings import ProxySettings
+from dispatcher.workers import UpstreamTarget, UpstreamURL
+
+if TYPE_CHECKING:
+    from dispatcher.namespaces import Worker
+
+logger = logging.getLogger("dispatcher.upstream")
+
+SWEEP_SECONDS: Final = 0.5
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+# Request headers the proxy rewrites (RFC 9110 §7.6.1 hop-by-hop, framing, forwarding).
+_DROP, _CONNECTION, _TE, _HOST, _XFF, _FORWARDED = 1, 2, 3, 4, 5, 6
+_REQUEST_ACTIONS: Final = {
+    b"connection": _CONNECTION,
+    b"keep-alive": _DROP,
+    b"proxy-connection": _DROP,
+    b"te": _TE,
+    b"trailer": _DROP,
+    b"transfer-encoding": _DROP,
+    b"upgrade": _DROP,
+    b"content-length": _DROP,
+    b"host": _HOST,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _FORWARDED,
+    b"x-forwarded-host": _FORWARDED,
+    b"forwarded": _FORWARDED,
+    b"x-real-ip": _FORWARDED,
+    b"http2-settings": _DROP,
+}
+# Names a client may list in Connection without removing them: the proxy owns these.
+_PROXY_OWNED: Final = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"connection",
+        b"close",
+        b"keep-alive",
+        b"upgrade",
+    }
+)
+_NOTHING: Final[frozenset[bytes]] = frozenset()
+_SWITCH_HEADERS: Final = b"connection: upgrade\r\nupgrade: websocket\r\n"
+_RESPONSE_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+
+
+class UpstreamFailure(RequestError):
+    """The upstream could not give an answer; rendered like the seed's errors."""
+
+    status = 502
+    title = "Bad gateway"
+    code = "bad_gateway"
+
+
+class UpstreamTimeout(UpstreamFailure):
+    status = 504
+    title = "Gateway timeout"
+    code = "gateway_timeout"
+
+
+class UpstreamOverloaded(UpstreamFailure):
+    status = 503
+    title = "Service unavailable"
+    code = "upstream_overloaded"
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream; carries one exchange at a time."""
+
+    __slots__ = (
+        "pool",
+        "transport",
+        "_parser",
+        "_exchange",
+        "_on_done",
+        "_headers",
+        "_is_head",
+        "_got_bytes",
+        "_is_started",
+        "_deadline",
+        "_waiting_head",
+        "_is_reused",
+        "_is_paused",
+        "_drain_waiter",
+        "_must_close",
+        "idle_since",
+        "_finished",
+        "_is_upgrade",
+        "_switch_block",
+        "_tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._exchange: ResponseWriter | None = None
+        self._on_done: asyncio.Future[None] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._is_head = False
+        self._got_bytes = False
+        self._is_started = False
+        self._deadline = 0.0
+        self._waiting_head = False
+        self._is_reused = False
+        self._is_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._must_close = False
+        self._finished = False
+        self.idle_since = 0.0
+        self._is_upgrade = False
+        self._switch_block: bytes | None = None
+        self._tunnel: TunnelPeer | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.pool.forget(self)
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            tunnel.close()
+            return
+        self._wake_drain()
+        if self._exchange is not None and not self._finished:
+            if not self._got_bytes:
+                self._fail(
+                    UpstreamFailure(
+                        f"upstream {self.pool.url.url} closed the connection before answering"
+                    ),
+                    retryable=True,
+                )
+            else:
+                self._fail(
+                    UpstreamFailure(
+                        f"upstream {self.pool.url.url} closed the connection "
+                        "in the middle of the response"
+                    )
+                )
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.write(data)
+            return
+        if self._exchange is None:
+            # Bytes nobody asked for: a response to a request never sent. Never reuse.
+            self._close()
+            return
+        self._got_bytes = True
+        self._deadline = self.pool.hub.now + self.pool.hub.settings.stream_idle_timeout
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._begin_tunnel(data[offset:])
+        except httptools.HttpParserError as exc:
+            self._fail(
+                UpstreamFailure(f"upstream {self.pool.url.url} sent a malformed response: {exc}")
+            )
+
+    def pause_writing(self) -> None:
+        self._is_paused = True
+
+    def resume_writing(self) -> None:
+        self._is_paused = False
+        self._wake_drain()
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self._exchange
+        status = self._parser.get_status_code()
+        headers, self._headers = self._headers, []
+        if status == 101 and self._is_upgrade and exchange is not None:
+            self._switch_block = _response_block(headers)[0] + _SWITCH_HEADERS
+            return  # the parser stops right after this head: _begin_tunnel takes over
+        if status < 200 or exchange is None:
+            return  # 1xx interim answers are not relayed (100 Continue is ours to send)
+        self._waiting_head = False
+        block, length, must_close = _response_block(headers)
+        if must_close:
+            self._must_close = True
+        if self._is_head and (length or length is None):
+            # A HEAD answer announces a body that never comes: the parser cannot be told,
+            # so this connection is not reused.
+            self._must_close = True
+        exchange.start_head(status, block, content_length=length)
+        self._is_started = True
+        exchange.producer = self
+        if self._is_head:
+            self._finish()
+
+    def on_body(self, chunk: bytes) -> None:
+        exchange = self._exchange
+        if exchange is not None and not self._finished:
+            exchange.write(chunk)
+
+    def on_message_complete(self) -> None:
+        if self._waiting_head:
+            return  # end of an interim 1xx answer
+        if not self._finished:
+            self._finish()
+
+    def _begin_tunnel(self, leftover: bytes) -> None:
+        """The upstream answered 101: pipe raw bytes between it and the client from now on."""
+        exchange, self._exchange = self._exchange, None
+        block, self._switch_block = self._switch_block, None
+        if exchange is None or block is None:
+            self._exchange = exchange
+            self._fail(
+                UpstreamFailure(
+                    f"upstream {self.pool.url.url} switched protocols without being asked"
+                )
+            )
+            return
+        self._finished = True
+        self.pool.hub.busy.discard(self)
+        self.pool.forget(self)  # a tunnel never returns to the pool
+        exchange.producer = None
+        self._tunnel = exchange.start_tunnel(block, self)
+        if leftover:
+            self._tunnel.write(leftover)
+        self._resolve()
+
+    # TunnelPeer, for the client side of a tunnel.
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self._tunnel = None
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- exchange lifecycle -------------------------------------------------------------
+
+    def send(
+        self, request: bytes, exchange: ResponseWriter, *, is_head: bool, is_upgrade: bool = False
+    ) -> asyncio.Future[None]:
+        """Write the request head; the returned future resolves when the exchange is over."""
+        hub = self.pool.hub
+        self._exchange = exchange
+        self._is_head = is_head
+        self._is_upgrade = is_upgrade
+        self._got_bytes = False
+        self._is_started = False
+        self._finished = False
+        self._waiting_head = True
+        self._deadline = hub.now + hub.settings.response_header_timeout
+        self._on_done = hub.loop.create_future()
+        hub.busy.add(self)
+        exchange.producer = self
+        assert self.transport is not None
+        self.transport.write(request)
+        return self._on_done
+
+    def write_body(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        while self._is_paused and self.transport is not None:
+            self._drain_waiter = self.pool.hub.loop.create_future()
+            await self._drain_waiter
+
+    @property
+    def is_finished(self) -> bool:
+        return self._finished
+
+    def _finish(self) -> None:
+        exchange, self._exchange = self._exchange, None
+        self._finished = True
+        self.pool.hub.busy.discard(self)
+        if exchange is not None:
+            exchange.producer = None
+            exchange.end()
+        if self._must_close or not self._parser.should_keep_alive() or self._is_head:
+            self._close()
+        else:
+            self.pool.release(self)
+        self._resolve()
+
+    def _fail(self, error: UpstreamFailure, *, retryable: bool = False) -> None:
+        exchange, self._exchange = self._exchange, None
+        self._finished = True
+        self.pool.hub.busy.discard(self)
+        self._close()
+        if exchange is not None:
+            exchange.producer = None
+            if retryable and self._is_reused and self._on_done is not None:
+                self._reject(_StaleConnection(error))
+                return
+            self.pool.hub.count(error.code)
+            if self._is_started or exchange.is_started:
+                logger.warning("upstream response cut: %s", error.message)
+                exchange.abort()
+            else:
+                exchange.send_error(error.status, error.body())
+        self._resolve()
+
+    def _resolve(self) -> None:
+        done, self._on_done = self._on_done, None
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _reject(self, error: BaseException) -> None:
+        done, self._on_done = self._on_done, None
+        if done is not None and not done.done():
+            done.set_exception(error)
+
+    def check_deadline(self, now: float) -> None:
+        """Swept by the hub: a response that does not come or stalls is a 504 or an abort."""
+        if self._exchange is None or now < self._deadline:
+            return
+        if self._waiting_head:
+            self._fail(
+                UpstreamTimeout(
+                    f"upstream {self.pool.url.url} did not answer within "
+                    f"{self.pool.hub.settings.response_header_timeout:g} s"
+                )
+            )
+        else:
+            self._fail(UpstreamTimeout(f"upstream {self.pool.url.url} stalled mid-response"))
+
+    # -- producer (called by the client side) ----------------------------------------------
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def cancel(self) -> None:
+        """The client went away: this exchange can never complete, so the socket goes."""
+        self._exchange = None
+        self._finished = True
+        self.pool.hub.busy.discard(self)
+        self._close()
+        self._resolve()
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _close(self) -> None:
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _StaleConnection(Exception):
+    """A reused connection died before answering; safe to retry an idempotent request."""
+
+    def __init__(self, error: UpstreamFailure) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _response_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int | None, bool]:
+    """Serialize the end-to-end response headers; return (block, content length, must close)."""
+    lines: list[bytes] = []
+    length: int | None = None
+    connection: bytes | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _RESPONSE_HOP:
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"connection":
+                connection = value if connection is None else connection + b"," + value
+            continue
+        lines.append(name + b": " + value + b"\r\n")
+    must_close = False
+    if connection is not None:
+        tokens = _tokens(connection)
+        must_close = b"close" in tokens
+        named = tokens - _PROXY_OWNED
+        if named:
+            lines = [line for line in lines if line.split(b":", 1)[0].lower() not in named]
+    return b"".join(lines), length, must_close
+
+
+def _tokens(value: bytes) -> frozenset[bytes]:
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream URL, with its passive health."""
+
+    __slots__ = ("url", "hub", "idle", "connections", "down_until", "_waiters")
+
+    def __init__(self, url: UpstreamURL, hub: UpstreamHub) -> None:
+        self.url = url
+        self.hub = hub
+        self.idle: list[UpstreamConnection] = []
+        self.connections: set[UpstreamConnection] = set()
+        self.down_until = 0.0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def __repr__(self) -> str:
+        return f"<UpstreamPool {self.url.url} idle={len(self.idle)} open={len(self.connections)}>"
+
+    @property
+    def is_down(self) -> bool:
+        return self.down_until > self.hub.now
+
+    def take_idle(self) -> UpstreamConnection | None:
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.transport is not None:
+                connection._is_reused = True
+                return connection
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        """An idle connection, or a new one within the connect timeout."""
+        connection = self.take_idle()
+        if connection is not None:
+            return connection
+        while len(self.connections) >= self.hub.settings.max_connections:
+            waiter = self.hub.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, self.hub.settings.connect_timeout)
+            except TimeoutError as exc:
+                raise UpstreamOverloaded(
+                    f"upstream {self.url.url} has {self.hub.settings.max_connections} "
+                    "connections busy"
+                ) from exc
+            connection = self.take_idle()
+            if connection is not None:
+                return connection
+        return await self._connect()
+
+    async def _connect(self) -> UpstreamConnection:
+        hub = self.hub
+        url = self.url
+        try:
+            if url.unix_path is not None:
+                opening = hub.loop.create_unix_connection(
+                    lambda: UpstreamConnection(self), url.unix_path
+                )
+            else:
+                opening = hub.loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    url.host,
+                    url.port,
+                    ssl=hub.tls if url.is_tls else None,
+                )
+            _, protocol = await asyncio.wait_for(opening, hub.settings.connect_timeout)
+        except TimeoutError as exc:
+            self.mark_down()
+            raise UpstreamTimeout(
+                f"upstream {url.url} did not accept a connection within "
+                f"{hub.settings.connect_timeout:g} s"
+            ) from exc
+        except OSError as exc:
+            self.mark_down()
+            raise _ConnectRefused(
+                UpstreamFailure(f"upstream {url.url} is unreachable: {exc.strerror or exc}")
+            ) from exc
+        self.connections.add(protocol)
+        return protocol
+
+    def mark_down(self) -> None:
+        self.down_until = self.hub.now + self.hub.settings.fail_timeout
+
+    def release(self, connection: UpstreamConnection) -> None:
+        if len(self.idle) >= self.hub.settings.pool_max_idle or self.hub.is_closing:
+            connection._close()
+            return
+        connection.idle_since = self.hub.now
+        self.idle.append(connection)
+        self._wake_one()
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self._wake_one()
+        if connection in self.idle:
+            self.idle.remove(connection)
+
+    def expire_idle(self, now: float) -> None:
+        timeout = self.hub.settings.pool_idle_timeout
+        while self.idle and now - self.idle[0].idle_since > timeout:
+            self.idle[0]._close()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class _ConnectRefused(Exception):
+    """The connection could not be made: nothing was sent, any method may be retried."""
+
+    def __init__(self, error: UpstreamFailure) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class UpstreamForwarder:
+    """Forwards one worker's requests to its upstream URL(s), round-robin."""
+
+    __slots__ = ("target", "_hub", "_pools", "_next")
+
+    def __init__(self, target: UpstreamTarget, hub: UpstreamHub) -> None:
+        self.target = target
+        self._hub = hub
+        self._pools = tuple(hub.pool_for(url) for url in target.urls)
+        self._next = 0
+
+    def __repr__(self) -> str:
+        return f"<UpstreamForwarder {self.target.describe()}>"
+
+    def forward(
+        self, worker: Worker, head: RequestHead, body: BodyStream, response: ResponseWriter
+    ) -> Coroutine[Any, Any, None] | None:
+        pool = self._pick()
+        request = self._request_head(head, pool.url)
+        if head.body_length == 0:
+            connection = pool.take_idle()
+            if connection is not None:
+                done = connection.send(
+                    request,
+                    response,
+                    is_head=head.method == "HEAD",
+                    is_upgrade=head.upgrade is not None,
+                )
+                done.add_done_callback(lambda f: self._after_callback_path(f, head, body, response))
+                return None
+        return self._forward(pool, request, head, body, response)
+
+    def _after_callback_path(
+        self,
+        done: asyncio.Future[None],
+        head: RequestHead,
+        body: BodyStream,
+        response: ResponseWriter,
+    ) -> None:
+        error = done.exception()
+        if isinstance(error, _StaleConnection):
+            # The pooled connection had been closed by the upstream: retry once, fresh.
+            self._hub.spawn(self._forward(self._pick(), None, head, body, response, retried=True))
+
+    async def _forward(
+        self,
+        pool: UpstreamPool,
+        request: bytes | None,
+        head: RequestHead,
+        body: BodyStream,
+        response: ResponseWriter,
+        *,
+        retried: bool = False,
+    ) -> None:
+        try:
+            await self._exchange(pool, request, head, body, response, retried)
+        except UpstreamFailure as error:
+            self._hub.count(error.code)
+            if response.is_started:
+                response.abort()
+            elif not response.is_disconnected:
+                response.send_error(error.status, error.body())
+        except ClientDisconnected:
+            pass
+
+    async def _exchange(
+        self,
+        pool: UpstreamPool,
+        request: bytes | None,
+        head: RequestHead,
+        body: BodyStream,
+        response: ResponseWriter,
+        retried: bool,
+    ) -> None:
+        is_idempotent = head.method in _IDEMPOTENT and head.body_length == 0
+        while True:
+            try:
+                connection = await pool.acquire()
+            except _ConnectRefused as refused:
+                if retried or len(self._pools) < 2:
+                    raise refused.error from None
+                retried = True
+                pool = self._pick(avoid=pool)
+                continue
+            payload = request if request is not None else self._request_head(head, pool.url)
+            done = connection.send(
+                payload,
+                response,
+                is_head=head.method == "HEAD",
+                is_upgrade=head.upgrade is not None,
+            )
+            if head.body_length != 0:
+                await self._stream_body(connection, head, body)
+            try:
+                await done
+                return
+            except _StaleConnection as stale:
+                if retried or not is_idempotent:
+                    raise stale.error from None
+                retried = True
+                request = None
+                if response.is_disconnected:
+                    return
+
+    async def _stream_body(
+        self, connection: UpstreamConnection, head: RequestHead, body: BodyStream
+    ) -> None:
+        """Copy the request body upstream with back-pressure; chunked stays chunked."""
+        chunked = head.body_length < 0
+        while not connection.is_finished:
+            chunk = await body.read()
+            if not chunk:
+                break
+            connection.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await connection.drain()
+        if chunked and not connection.is_finished:
+            connection.write_body(b"0\r\n\r\n")
+
+    def _pick(self, avoid: UpstreamPool | None = None) -> UpstreamPool:
+        pools = self._pools
+        count = len(pools)
+        for _ in range(count):
+            pool = pools[self._next % count]
+            self._next += 1
+            if pool is not avoid and not pool.is_down:
+                return pool
+        for pool in pools:  # all marked down: try one anyway rather than refuse outright
+            if pool is not avoid:
+                return pool
+        return pools[0]
+
+    def _request_head(self, head: RequestHead, url: UpstreamURL) -> bytes:
+        """The request head as the upstream sees it, rewritten in one pass."""
+        settings = self._hub.settings
+        client_ip = head.client[0] if head.client is not None else ""
+        keeps_forwarded = not settings.forwarded_headers or settings.is_trusted(client_ip)
+        named = _tokens(head.connection) - _PROXY_OWNED if head.connection else _NOTHING
+        lines = [head.method.encode("ascii"), b" ", _forwarded_target(head), b" HTTP/1.1\r\n"]
+        forwarded_for: bytes | None = None
+        has_proto = has_forwarded_host = False
+        host: bytes | None = None
+        for name, value in head.headers:
+            action = _REQUEST_ACTIONS.get(name)
+            if action is None:
+                if not named or name not in named:
+                    lines += (name, b": ", value, b"\r\n")
+            elif action == _HOST:
+                host = value
+            elif action == _TE:
+                if value.strip().lower() == b"trailers":
+                    lines.append(b"te: trailers\r\n")
+            elif keeps_forwarded:
+                if action == _XFF:
+                    forwarded_for = (
+                        value if forwarded_for is None else forwarded_for + b", " + value
+                    )
+                elif action == _FORWARDED:
+                    has_proto = has_proto or name == b"x-forwarded-proto"
+                    has_forwarded_host = has_forwarded_host or name == b"x-forwarded-host"
+                    lines += (name, b": ", value, b"\r\n")
+        if head.upgrade is not None:
+            lines += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
+        if self.target.preserve_host and host is not None:
+            lines += (b"host: ", host, b"\r\n")
+        else:
+            lines += (b"host: ", url.authority.encode("ascii"), b"\r\n")
+        if settings.forwarded_headers:
+            client = client_ip.encode("ascii")
+            xff = client if forwarded_for is None else forwarded_for + b", " + client
+            lines += (b"x-forwarded-for: ", xff, b"\r\n")
+            if not has_proto:
+                lines += (b"x-forwarded-proto: ", head.scheme.encode("ascii"), b"\r\n")
+            if host is not None and not has_forwarded_host:
+                lines += (b"x-forwarded-host: ", host, b"\r\n")
+        elif forwarded_for is not None:
+            lines += (b"x-forwarded-for: ", forwarded_for, b"\r\n")
+        if head.body_length > 0:
+            lines.append(b"content-length: %d\r\n\r\n" % head.body_length)
+        elif head.body_length < 0:
+            lines.append(b"transfer-encoding: chunked\r\n\r\n")
+        else:
+            lines.append(b"\r\n")
+        return b"".join(lines)
+
+
+def _forwarded_target(head: RequestHead) -> bytes:
+    """The raw target when it was already canonical, else the canonical path plus query."""
+    if head.raw_path_is_canonical:
+        return head.target
+    path = head.path.encode("ascii")
+    return path + b"?" + head.query if b"?" in head.target else path
+
+
+class UpstreamHub:
+    """Owns every upstream pool, the TLS context and the timeout sweep; an async context."""
+
+    __slots__ = (
+        "settings",
+        "loop",
+        "tls",
+        "now",
+        "busy",
+        "is_closing",
+        "outcomes",
+        "_pools",
+        "_forwarders",
+        "_sweeper",
+        "_tasks",
+    )
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.tls = ssl.create_default_context()
+        self.now = self.loop.time()
+        self.busy: set[UpstreamConnection] = set()
+        self.is_closing = False
+        self.outcomes: Counter[str] = Counter()
+        self._pools: dict[UpstreamURL, UpstreamPool] = {}
+        self._forwarders: dict[UpstreamTarget, UpstreamForwarder] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> UpstreamHub:
+        self._sweeper = self.loop.create_task(self._sweep())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.is_closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for pool in self._pools.values():
+            for connection in list(pool.connections):
+                connection._close()
+
+    def forwarder_for(self, target: UpstreamTarget) -> UpstreamForwarder:
+        """One forwarder per target, so a redeploy of the same URLs keeps its pools warm."""
+        forwarder = self._forwarders.get(target)
+        if forwarder is None:
+            forwarder = self._forwarders[target] = UpstreamForwarder(target, self)
+        return forwarder
+
+    def pool_for(self, url: UpstreamURL) -> UpstreamPool:
+        pool = self._pools.get(url)
+        if pool is None:
+            pool = self._pools[url] = UpstreamPool(url, self)
+        return pool
+
+    @property
+    def pools(self) -> tuple[UpstreamPool, ...]:
+        return tuple(self._pools.values())
+
+    def count(self, outcome: str) -> None:
+        """Count an upstream failure apart from the dispatcher's own errors."""
+        self.outcomes[outcome] += 1
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            self.now = now = self.loop.time()
+            for connection in list(self.busy):
+                connection.check_deadline(now)
+            for pool in self._pools.values():
+                pool.expire_idle(now)
