@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections import Counter, deque
 from collections.abc import Coroutine
@@ -86,6 +87,11 @@ _PROXY_OWNED: Final = frozenset(
 )
 _NOTHING: Final[frozenset[bytes]] = frozenset()
 _SWITCH_HEADERS: Final = b"connection: upgrade\r\nupgrade: websocket\r\n"
+_HOP_LINE: Final = re.compile(
+    rb"^(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+    rb"|content-length):[ \t]*(.*?)[ \t]*\r\n",
+    re.IGNORECASE | re.MULTILINE,
+)
 _RESPONSE_HOP: Final = frozenset(
     {
         b"connection",
@@ -129,7 +135,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "_exchange",
         "_on_done",
-        "_headers",
+        "_head",
         "_is_head",
         "_got_bytes",
         "_is_started",
@@ -144,6 +150,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_is_upgrade",
         "_switch_block",
         "_tunnel",
+        "_retry",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -152,7 +159,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._exchange: ResponseWriter | None = None
         self._on_done: asyncio.Future[None] | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._head = b""  # the raw bytes of the response head being received
         self._is_head = False
         self._got_bytes = False
         self._is_started = False
@@ -167,6 +174,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._is_upgrade = False
         self._switch_block: bytes | None = None
         self._tunnel: TunnelPeer | None = None
+        # Callback path only: what to retry on a fresh connection if this pooled one died.
+        self._retry: tuple[UpstreamForwarder, RequestHead, BodyStream] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -208,6 +217,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._got_bytes = True
         self._deadline = self.pool.hub.now + self.pool.hub.settings.stream_idle_timeout
+        if self._waiting_head:
+            self._head = data if not self._head else self._head + data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -227,20 +238,25 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+    # No on_header: the head's lines are taken from the raw bytes, which llhttp validated
+    # (one slice instead of a Python callback per header).
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
         status = self._parser.get_status_code()
-        headers, self._headers = self._headers, []
+        raw = self._head
+        status_end = raw.find(b"\r\n")
+        head_end = raw.find(b"\r\n\r\n", status_end)
+        lines = raw[status_end + 2 : head_end + 2]
+        self._head = raw[head_end + 4 :]  # an interim 1xx may be followed by the real head
         if status == 101 and self._is_upgrade and exchange is not None:
-            self._switch_block = _response_block(headers)[0] + _SWITCH_HEADERS
+            self._switch_block = _response_block(lines)[0] + _SWITCH_HEADERS
             return  # the parser stops right after this head: _begin_tunnel takes over
         if status < 200 or exchange is None:
             return  # 1xx interim answers are not relayed (100 Continue is ours to send)
         self._waiting_head = False
-        block, length, must_close = _response_block(headers)
+        self._head = b""
+        block, length, must_close = _response_block(lines)
         if must_close:
             self._must_close = True
         if self._is_head and (length or length is None):
@@ -277,7 +293,6 @@ class UpstreamConnection(asyncio.Protocol):
             )
             return
         self._finished = True
-        self.pool.hub.busy.discard(self)
         self.pool.forget(self)  # a tunnel never returns to the pool
         exchange.producer = None
         self._tunnel = exchange.start_tunnel(block, self)
@@ -298,24 +313,39 @@ class UpstreamConnection(asyncio.Protocol):
     # -- exchange lifecycle -------------------------------------------------------------
 
     def send(
-        self, request: bytes, exchange: ResponseWriter, *, is_head: bool, is_upgrade: bool = False
+        self, request: bytes, exchange: ResponseWriter, head: RequestHead
     ) -> asyncio.Future[None]:
         """Write the request head; the returned future resolves when the exchange is over."""
+        self._on_done = done = self.pool.hub.loop.create_future()
+        self._start(request, exchange, head)
+        return done
+
+    def send_and_forget(
+        self,
+        request: bytes,
+        exchange: ResponseWriter,
+        head: RequestHead,
+        retry: tuple[UpstreamForwarder, RequestHead, BodyStream],
+    ) -> None:
+        """The callback path: no future; a stale connection hands ``retry`` back to its
+        forwarder instead."""
+        self._on_done = None
+        self._retry = retry
+        self._start(request, exchange, head)
+
+    def _start(self, request: bytes, exchange: ResponseWriter, head: RequestHead) -> None:
         hub = self.pool.hub
         self._exchange = exchange
-        self._is_head = is_head
-        self._is_upgrade = is_upgrade
+        self._is_head = head.method == "HEAD"
+        self._is_upgrade = head.upgrade is not None
         self._got_bytes = False
         self._is_started = False
         self._finished = False
         self._waiting_head = True
         self._deadline = hub.now + hub.settings.response_header_timeout
-        self._on_done = hub.loop.create_future()
-        hub.busy.add(self)
         exchange.producer = self
         assert self.transport is not None
         self.transport.write(request)
-        return self._on_done
 
     def write_body(self, data: bytes) -> None:
         if self.transport is not None:
@@ -333,7 +363,6 @@ class UpstreamConnection(asyncio.Protocol):
     def _finish(self) -> None:
         exchange, self._exchange = self._exchange, None
         self._finished = True
-        self.pool.hub.busy.discard(self)
         if exchange is not None:
             exchange.producer = None
             exchange.end()
@@ -346,13 +375,17 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, error: UpstreamFailure, *, retryable: bool = False) -> None:
         exchange, self._exchange = self._exchange, None
         self._finished = True
-        self.pool.hub.busy.discard(self)
         self._close()
         if exchange is not None:
             exchange.producer = None
-            if retryable and self._is_reused and self._on_done is not None:
-                self._reject(_StaleConnection(error))
-                return
+            if retryable and self._is_reused:
+                retry, self._retry = self._retry, None
+                if retry is not None:
+                    retry[0].retry(retry[1], retry[2], exchange)
+                    return
+                if self._on_done is not None:
+                    self._reject(_StaleConnection(error))
+                    return
             self.pool.hub.count(error.code)
             if self._is_started or exchange.is_started:
                 logger.warning("upstream response cut: %s", error.message)
@@ -362,9 +395,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._resolve()
 
     def _resolve(self) -> None:
-        done, self._on_done = self._on_done, None
-        if done is not None and not done.done():
-            done.set_result(None)
+        self._retry = None
+        done = self._on_done
+        if done is not None:
+            self._on_done = None
+            if not done.done():
+                done.set_result(None)
 
     def _reject(self, error: BaseException) -> None:
         done, self._on_done = self._on_done, None
@@ -399,7 +435,6 @@ class UpstreamConnection(asyncio.Protocol):
         """The client went away: this exchange can never complete, so the socket goes."""
         self._exchange = None
         self._finished = True
-        self.pool.hub.busy.discard(self)
         self._close()
         self._resolve()
 
@@ -422,28 +457,34 @@ class _StaleConnection(Exception):
         self.error = error
 
 
-def _response_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int | None, bool]:
-    """Serialize the end-to-end response headers; return (block, content length, must close)."""
-    lines: list[bytes] = []
+def _response_block(lines: bytes) -> tuple[bytes, int | None, bool]:
+    """The end-to-end part of a response head's lines (each ending in CRLF), its content
+    length and whether the upstream asked to close. Hop-by-hop lines (RFC 9110 §7.6.1) and
+    the Content-Length line (the client side frames the body itself) are removed: two C
+    calls over the raw head (llhttp validated its lines) instead of a loop per header."""
+    found = _HOP_LINE.findall(lines)
+    if not found:
+        return lines, None, False
+    lines = _HOP_LINE.sub(b"", lines)
     length: int | None = None
     connection: bytes | None = None
-    for name, value in headers:
+    for name, value in found:
         lname = name.lower()
-        if lname in _RESPONSE_HOP:
-            if lname == b"content-length":
-                length = int(value)
-            elif lname == b"connection":
-                connection = value if connection is None else connection + b"," + value
-            continue
-        lines.append(name + b": " + value + b"\r\n")
-    must_close = False
-    if connection is not None:
-        tokens = _tokens(connection)
-        must_close = b"close" in tokens
-        named = tokens - _PROXY_OWNED
-        if named:
-            lines = [line for line in lines if line.split(b":", 1)[0].lower() not in named]
-    return b"".join(lines), length, must_close
+        if lname == b"content-length":
+            length = int(value)  # llhttp refused conflicting values already
+        elif lname == b"connection":
+            connection = value if connection is None else connection + b"," + value
+    if connection is None or connection.lower() == b"keep-alive":
+        return lines, length, False
+    tokens = _tokens(connection)
+    named = tokens - _PROXY_OWNED
+    if named:
+        lines = b"".join(
+            line + b"\r\n"
+            for line in lines.split(b"\r\n")
+            if line and line.partition(b":")[0].lower() not in named
+        )
+    return lines, length, b"close" in tokens
 
 
 def _tokens(value: bytes) -> frozenset[bytes]:
@@ -589,27 +630,19 @@ class UpstreamForwarder:
         if head.body_length == 0:
             connection = pool.take_idle()
             if connection is not None:
-                done = connection.send(
-                    request,
-                    response,
-                    is_head=head.method == "HEAD",
-                    is_upgrade=head.upgrade is not None,
-                )
-                done.add_done_callback(lambda f: self._after_callback_path(f, head, body, response))
+                connection.send_and_forget(request, response, head, (self, head, body))
                 return None
         return self._forward(pool, request, head, body, response)
 
-    def _after_callback_path(
-        self,
-        done: asyncio.Future[None],
-        head: RequestHead,
-        body: BodyStream,
-        response: ResponseWriter,
-    ) -> None:
-        error = done.exception()
-        if isinstance(error, _StaleConnection):
-            # The pooled connection had been closed by the upstream: retry once, fresh.
+    def retry(self, head: RequestHead, body: BodyStream, response: ResponseWriter) -> None:
+        """A pooled connection died before answering a callback-path request: retry it once
+        on a fresh connection (only body-less requests take the callback path)."""
+        if head.method in _IDEMPOTENT:
             self._hub.spawn(self._forward(self._pick(), None, head, body, response, retried=True))
+        else:
+            error = UpstreamFailure("upstream closed a reused connection before answering")
+            self._hub.count(error.code)
+            response.send_error(error.status, error.body())
 
     async def _forward(
         self,
@@ -652,12 +685,7 @@ class UpstreamForwarder:
                 pool = self._pick(avoid=pool)
                 continue
             payload = request if request is not None else self._request_head(head, pool.url)
-            done = connection.send(
-                payload,
-                response,
-                is_head=head.method == "HEAD",
-                is_upgrade=head.upgrade is not None,
-            )
+            done = connection.send(payload, response, head)
             if head.body_length != 0:
                 await self._stream_body(connection, head, body)
             try:
@@ -768,7 +796,6 @@ class UpstreamHub:
         "loop",
         "tls",
         "now",
-        "busy",
         "is_closing",
         "outcomes",
         "_pools",
@@ -782,7 +809,6 @@ class UpstreamHub:
         self.loop = asyncio.get_running_loop()
         self.tls = ssl.create_default_context()
         self.now = self.loop.time()
-        self.busy: set[UpstreamConnection] = set()
         self.is_closing = False
         self.outcomes: Counter[str] = Counter()
         self._pools: dict[UpstreamURL, UpstreamPool] = {}
@@ -832,7 +858,8 @@ class UpstreamHub:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             self.now = now = self.loop.time()
-            for connection in list(self.busy):
-                connection.check_deadline(now)
+            for pool in self._pools.values():
+                for connection in list(pool.connections):
+                    connection.check_deadline(now)
             for pool in self._pools.values():
                 pool.expire_idle(now)

@@ -737,14 +737,24 @@ class HttpProtocol(asyncio.Protocol):
         version = parser.get_http_version()
         keep_alive = version == "1.1" and parser.should_keep_alive()
         head = self._build_head(parser.get_method().decode("ascii"), version)
-        body = RequestBody(self, self._limits.max_body_bytes)
-        expects_continue = self._check_body_announcement(version)
+        limits = self._limits
+        body = RequestBody(self, limits.max_body_bytes)
+        expects_continue = (
+            self._check_body_announcement(version)
+            if self._content_length is not None or self._expect is not None
+            else False
+        )
         exchange = Exchange(
             self, head, body, keep_alive=keep_alive, expects_continue=expects_continue
         )
         self._parsing = exchange
-        self._arm(_BODY, self._limits.body_idle_timeout)
-        self._enqueue(exchange)
+        self._deadline_kind = _BODY
+        self._deadline = self.state.now + limits.body_idle_timeout
+        if self._active is None:
+            self._start(exchange)
+        else:
+            self._queue.append(exchange)
+            self._pause_reading()
 
     def on_body(self, chunk: bytes) -> None:
         exchange = self._parsing
@@ -867,8 +877,15 @@ class HttpProtocol(asyncio.Protocol):
             body.discard()
             self._arm(_DRAIN, self._limits.body_idle_timeout)
         self._active = None
-        if not self._is_advancing:
-            self._advance()
+        if self._queue:
+            if not self._is_advancing:
+                self._advance()
+        elif self.transport is not None:
+            if self._parsing is None:
+                self._deadline_kind = _IDLE
+                self._deadline = self.state.now + self._limits.keepalive_timeout
+            if self._is_reading_paused:
+                self._resume_reading()
 
     def _advance(self) -> None:
         """Start the queued exchanges in order. A loop, not recursion: an exchange answered at
