@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import http.server
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -578,3 +580,54 @@ def test_dev_keeps_a_worker_already_deployed(launch: Any, tmp_path: Path) -> Non
     served.stop(signal.SIGTERM)
 
     assert db.json().get("app") == "identity"
+
+
+# --- dev --upstream ---------------------------------------------------------------------------
+
+
+class _NamedUpstream(http.server.BaseHTTPRequestHandler):
+    """A local HTTP server standing in for a user's own service."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"upstream": "local", "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def test_dev_points_a_service_at_a_local_upstream(launch: Any) -> None:
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NamedUpstream)
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    try:
+        served: Served = launch("dev", "--upstream", f"db=http://127.0.0.1:{upstream.server_port}")
+        db = fetch(served.port, "db.do", "/items?id=1")
+        gateway = fetch(served.port, "gateway.do", "/hello")
+        served.stop(signal.SIGTERM)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+    assert (db.status, db.json()) == (200, {"upstream": "local", "path": "/items?id=1"})
+    assert gateway.json()["service"] == "gateway"  # the others keep their echo worker
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("db", "expected SERVICE=URL, got 'db'"),
+        ("nope=http://127.0.0.1:9", "'nope' is not a configured service"),
+        ("db=ftp://127.0.0.1:9", "db: scheme must be one of http, https, http+unix"),
+        ("db=http://user:pw@127.0.0.1:9", "db: credentials in an upstream URL are not allowed"),
+    ],
+)
+def test_dev_upstream_option_is_validated(option: str, message: str) -> None:
+    result = invoke("dev", "--upstream", option)
+
+    assert result.exit_code == 2
+    assert message in result.output

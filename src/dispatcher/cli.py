@@ -24,7 +24,7 @@ from dispatcher.routing import RuleKind
 from dispatcher.settings import Settings
 from dispatcher.store import RegistryStore
 from dispatcher.types import WorkerName
-from dispatcher.workers import AppTarget
+from dispatcher.workers import AppTarget, UpstreamTarget, parse_upstream_url, validate_name
 
 ECHO_APP = "dispatcher.echo:app"
 DEV_PORT = 8787
@@ -79,11 +79,62 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
-def dev(config_path: str | None, host: str, port: int, log_level: str) -> None:
-    """Local development: every configured service gets an echo worker where none is deployed."""
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    metavar="SERVICE=URL",
+    help="Point a service at a local HTTP server, e.g. gateway=http://127.0.0.1:9000 (repeatable).",
+)
+def dev(
+    config_path: str | None, host: str, port: int, log_level: str, upstreams: tuple[str, ...]
+) -> None:
+    """Local development: every configured service gets an echo worker where none is deployed;
+    --upstream points a service at a local HTTP server instead."""
     _configure_logging(log_level)
     settings = _load(config_path, host=host, port=port)
-    _run(settings, announce=_announce_dev, prepare=deploy_missing_echo_workers)
+    pointed = _parse_upstream_options(upstreams, settings)
+
+    async def prepare(store: RegistryStore, settings: Settings) -> None:
+        await deploy_upstreams(store, settings, pointed)
+        await deploy_missing_echo_workers(store, settings)
+
+    _run(settings, announce=_announce_dev, prepare=prepare)
+
+
+def _parse_upstream_options(
+    options: tuple[str, ...], settings: Settings
+) -> dict[WorkerName, UpstreamTarget]:
+    pointed: dict[WorkerName, UpstreamTarget] = {}
+    for option in options:
+        name, sep, url = option.partition("=")
+        if not sep:
+            raise click.BadParameter(
+                f"expected SERVICE=URL, got {option!r}", param_hint="--upstream"
+            )
+        try:
+            validate_name(name, "service name")
+            target = UpstreamTarget((parse_upstream_url(url, name),))
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--upstream") from exc
+        if name not in settings.routes.services:
+            known = ", ".join(settings.routes.services)
+            raise click.BadParameter(
+                f"{name!r} is not a configured service ({known})", param_hint="--upstream"
+            )
+        pointed[WorkerName(name)] = target
+    return pointed
+
+
+async def deploy_upstreams(
+    store: RegistryStore, settings: Settings, pointed: dict[WorkerName, UpstreamTarget]
+) -> None:
+    """Deploy each ``--upstream`` service whose current target is something else."""
+    loaded = await store.load_namespace(settings.namespace)
+    current = {d.worker: d.target for d in loaded[1]} if loaded is not None else {}
+    for name, target in pointed.items():
+        if current.get(name) != target:
+            await store.deploy(settings.namespace, name, target, actor="dev")
 
 
 async def deploy_missing_echo_workers(store: RegistryStore, settings: Settings) -> None:
