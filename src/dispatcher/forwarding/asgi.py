@@ -16,11 +16,11 @@ import asyncio
 import importlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
-from dispatcher.errors import ConfigError, InternalError
+from dispatcher.errors import ConfigError, InternalError, RequestError
 from dispatcher.http import BodyStream, ClientDisconnected, RequestHead, ResponseWriter
 from dispatcher.types import ASGIApp, Message, Scope
 
@@ -96,18 +96,64 @@ class AppForwarder:
         return extensions
 
 
+class AppHandler:
+    """Serves every request of a listener with one ASGI app (the admin listener's Deploy
+    API); implements the server's ``RequestHandler``."""
+
+    __slots__ = ("app", "_state")
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any] | None = None) -> None:
+        self.app = app
+        self._state = state if state is not None else {}
+
+    def handle(
+        self, head: RequestHead, body: BodyStream, exchange: ResponseWriter
+    ) -> Coroutine[Any, Any, None]:
+        return self._serve(head, body, exchange)
+
+    def handle_error(self, error: RequestError, exchange: ResponseWriter) -> None:
+        exchange.send_error(error.status, error.body())
+
+    async def _serve(self, head: RequestHead, body: BodyStream, response: ResponseWriter) -> None:
+        exchange = _AsgiExchange(head, body, response)
+        path = head.path
+        scope: Scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": head.http_version,
+            "method": head.method,
+            "scheme": head.scheme,
+            "path": unquote(path) if "%" in path else path,
+            "raw_path": path.encode("ascii"),
+            "query_string": head.query,
+            "root_path": "",
+            "headers": head.headers,
+            "client": head.client,
+            "server": head.server,
+            "state": self._state.copy(),
+        }
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+            if not exchange.is_complete:
+                exchange.finish_incomplete()
+        except ClientDisconnected:
+            response.abort()
+        except Exception:
+            _answer_failure(f"{head.method} {head.host}{head.path}", response)
+
+
 def _report_failure(worker: Worker, head: RequestHead, response: ResponseWriter) -> None:
     """The seed's 500 with an error id that is also logged with the traceback."""
-    error_id = secrets.token_hex(6)
-    logger.exception(
-        "Dispatch error %s: %s %s%s -> worker %s in %s",
-        error_id,
-        head.method,
-        head.host,
-        head.path,
-        worker.name,
-        worker.deployment.namespace,
+    where = (
+        f"{head.method} {head.host}{head.path} -> worker {worker.name} in "
+        f"{worker.deployment.namespace}"
     )
+    _answer_failure(where, response)
+
+
+def _answer_failure(where: str, response: ResponseWriter) -> None:
+    error_id = secrets.token_hex(6)
+    logger.exception("Dispatch error %s: %s", error_id, where)
     if response.is_started:
         response.abort()
     else:
