@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import MappingProxyType, TracebackType
 
 from dispatcher.errors import ConfigError, DispatcherError
@@ -78,9 +78,23 @@ class SnapshotBuilder:
 
 
 class SnapshotWatcher:
-    """Polls the store revision every ``interval`` seconds; builds and installs a new snapshot."""
+    """Follows the store revision; builds and installs a new snapshot when it moves.
 
-    __slots__ = ("_store", "_builder", "_on_change", "_interval", "_revision", "_task")
+    It checks the revision every ``interval`` seconds (SQLite's cheap change check, and the
+    safety net everywhere); a store that announces its commits (PostgreSQL ``LISTEN/NOTIFY``,
+    through ``listen()``) wakes it at once.
+    """
+
+    __slots__ = (
+        "_store",
+        "_builder",
+        "_on_change",
+        "_interval",
+        "_revision",
+        "_task",
+        "_listener",
+        "_wake",
+    )
 
     def __init__(
         self,
@@ -97,9 +111,20 @@ class SnapshotWatcher:
         self._interval = interval
         self._revision = revision
         self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def revision(self) -> int:
+        """The registry revision this process serves."""
+        return self._revision
 
     async def __aenter__(self) -> SnapshotWatcher:
-        self._task = asyncio.get_running_loop().create_task(self._follow())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._follow())
+        listen = getattr(self._store, "listen", None)
+        if listen is not None:
+            self._listener = loop.create_task(self._listen(listen))
         return self
 
     async def __aexit__(
@@ -108,12 +133,13 @@ class SnapshotWatcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._listener, self._task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
 
     async def refresh(self) -> bool:
         """Install a new snapshot if the store moved on; True when one was installed."""
@@ -128,9 +154,19 @@ class SnapshotWatcher:
 
     async def _follow(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 await self.refresh()
             except DispatcherError as exc:
                 # Keep serving the last good snapshot; the next tick retries.
                 logger.warning("registry sync failed, keeping revision %d: %s", self._revision, exc)
+
+    async def _listen(self, listen: Callable[[], AsyncIterator[int]]) -> None:
+        """Wake the follower whenever the store announces a revision other than ours."""
+        async for revision in listen():
+            if revision != self._revision:
+                self._wake.set()
