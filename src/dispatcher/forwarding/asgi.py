@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 from dispatcher.errors import ConfigError, InternalError, RequestError
+from dispatcher.forwarding.websocket import serve_websocket
 from dispatcher.http import BodyStream, ClientDisconnected, RequestHead, ResponseWriter
 from dispatcher.types import ASGIApp, Message, Scope
 
@@ -53,6 +54,11 @@ class AppForwarder:
     ) -> None:
         exchange = _AsgiExchange(head, body, response)
         try:
+            if head.upgrade is not None:
+                route = head.route
+                extensions = self._extensions_for(worker, route.service if route else worker.name)
+                await serve_websocket(self.app, head, response, extensions, self.state.copy())
+                return
             await self.app(self._scope(worker, head), exchange.receive, exchange.send)
             if not exchange.is_complete:
                 exchange.finish_incomplete()
