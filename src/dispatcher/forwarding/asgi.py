@@ -68,24 +68,10 @@ class AppForwarder:
             _report_failure(worker, head, response)
 
     def _scope(self, worker: Worker, head: RequestHead) -> Scope:
-        path = head.path
         route = head.route
-        return {
-            "type": "http",
-            "asgi": _ASGI,
-            "http_version": head.http_version,
-            "method": head.method,
-            "scheme": head.scheme,
-            "path": unquote(path) if "%" in path else path,
-            "raw_path": path.encode("ascii"),
-            "query_string": head.query,
-            "root_path": "",
-            "headers": head.headers,
-            "client": head.client,
-            "server": head.server,
-            "state": self.state.copy(),
-            "extensions": self._extensions_for(worker, route.service if route else worker.name),
-        }
+        scope = http_scope(head, self.state)
+        scope["extensions"] = self._extensions_for(worker, route.service if route else worker.name)
+        return scope
 
     def _extensions_for(self, worker: Worker, service: str) -> dict[str, Any]:
         key = (worker.name, service)
@@ -100,6 +86,26 @@ class AppForwarder:
                 }
             }
         return extensions
+
+
+def http_scope(head: RequestHead, state: dict[str, Any]) -> Scope:
+    """The ASGI ``http`` scope of a request; ``state`` (the lifespan's) is copied in."""
+    path = head.path
+    return {
+        "type": "http",
+        "asgi": _ASGI,
+        "http_version": head.http_version,
+        "method": head.method,
+        "scheme": head.scheme,
+        "path": unquote(path) if "%" in path else path,
+        "raw_path": path.encode("ascii"),
+        "query_string": head.query,
+        "root_path": "",
+        "headers": head.headers,
+        "client": head.client,
+        "server": head.server,
+        "state": state.copy(),
+    }
 
 
 class AppHandler:
@@ -122,24 +128,8 @@ class AppHandler:
 
     async def _serve(self, head: RequestHead, body: BodyStream, response: ResponseWriter) -> None:
         exchange = _AsgiExchange(head, body, response)
-        path = head.path
-        scope: Scope = {
-            "type": "http",
-            "asgi": _ASGI,
-            "http_version": head.http_version,
-            "method": head.method,
-            "scheme": head.scheme,
-            "path": unquote(path) if "%" in path else path,
-            "raw_path": path.encode("ascii"),
-            "query_string": head.query,
-            "root_path": "",
-            "headers": head.headers,
-            "client": head.client,
-            "server": head.server,
-            "state": self._state.copy(),
-        }
         try:
-            await self.app(scope, exchange.receive, exchange.send)
+            await self.app(http_scope(head, self._state), exchange.receive, exchange.send)
             if not exchange.is_complete:
                 exchange.finish_incomplete()
         except ClientDisconnected:
