@@ -717,16 +717,21 @@ async def test_paths_and_hosts_are_canonical_before_routing(
 
 
 @pytest.mark.parametrize(
-    ("host", "status"), [("db.do", 200), pytest.param("nope.do", 404, id="answered-at-once")]
+    ("host", "upgrade", "status"),
+    [
+        pytest.param("db.do", "h2c", 200, id="h2c-served-as-http"),
+        pytest.param("db.do", "websocket", 400, id="websocket-without-key"),
+        pytest.param("nope.do", "websocket", 404, id="answered-at-once"),
+    ],
 )
 async def test_upgrade_is_answered_as_plain_http_then_closed(
-    server: Server, host: str, status: int
+    server: Server, host: str, upgrade: str, status: int
 ) -> None:
-    """WebSocket is not served yet: no byte after an Upgrade head is ever read as HTTP."""
+    """Whatever the answer to an Upgrade head, no byte after it is ever read as HTTP."""
     client = await server.connect()
     client.send(
         request_bytes(
-            "GET", "/ws", host=host, headers=[("Upgrade", "websocket"), ("Connection", "upgrade")]
+            "GET", "/ws", host=host, headers=[("Upgrade", upgrade), ("Connection", "upgrade")]
         )
         + request_bytes("GET", "/smuggled")
     )
