@@ -161,6 +161,11 @@ class ResponseWriter(Protocol):
         """Close the connection abruptly so a partial body can never look complete."""
         ...
 
-    def send_error(self, status: int, body: bytes) -> None:
+    def retract(self) -> bool:
+        """Take back a started response whose head has not been written yet (so an error
+        can still be answered instead); False once bytes are on the wire."""
+        ...
+
+    def send_error(self, status: int, body: bytes, *, headers: list[Header] | None = None) -> None:
         """Answer a whole JSON error response (``start`` + ``write`` + ``end``)."""
         ...

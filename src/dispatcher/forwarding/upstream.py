@@ -28,7 +28,7 @@ import re
 import ssl
 from collections import Counter, deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import httptools
 
@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dispatcher.upstream")
 
 SWEEP_SECONDS: Final = 0.5
+MAX_RESPONSE_HEAD: Final = 65536
+"""Bytes an upstream's response head may take; beyond it the answer is a 502."""
+MAX_RESPONSE_HEADERS: Final = 200
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 # Request headers the proxy rewrites (RFC 9110 §7.6.1 hop-by-hop, framing, forwarding).
@@ -112,6 +115,7 @@ class UpstreamFailure(RequestError):
     status = 502
     title = "Bad gateway"
     code = "bad_gateway"
+    headers: ClassVar[list[tuple[bytes, bytes]]] = []
 
 
 class UpstreamTimeout(UpstreamFailure):
@@ -124,6 +128,7 @@ class UpstreamOverloaded(UpstreamFailure):
     status = 503
     title = "Service unavailable"
     code = "upstream_overloaded"
+    headers: ClassVar[list[tuple[bytes, bytes]]] = [(b"retry-after", b"1")]
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -151,6 +156,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_switch_block",
         "_tunnel",
         "_retry",
+        "_is_close_delimited",
+        "_is_poisoned",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -176,6 +183,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._tunnel: TunnelPeer | None = None
         # Callback path only: what to retry on a fresh connection if this pooled one died.
         self._retry: tuple[UpstreamForwarder, RequestHead, BodyStream] | None = None
+        self._is_close_delimited = False  # the body ends when the upstream closes
+        self._is_poisoned = False  # bytes of another answer followed the one we asked for
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -191,6 +200,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._wake_drain()
         if self._exchange is not None and not self._finished:
+            if self._is_close_delimited and exc is None:
+                self._finish()  # RFC 9112 §6.3: this body is delimited by the close
+                return
             if not self._got_bytes:
                 self._fail(
                     UpstreamFailure(
@@ -219,15 +231,30 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline = self.pool.hub.now + self.pool.hub.settings.stream_idle_timeout
         if self._waiting_head:
             self._head = data if not self._head else self._head + data
+            if len(self._head) > MAX_RESPONSE_HEAD:
+                self._fail(
+                    UpstreamFailure(
+                        f"upstream {self.pool.url.url} sent a response head larger than "
+                        f"{MAX_RESPONSE_HEAD} bytes"
+                    )
+                )
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
             self._begin_tunnel(data[offset:])
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _MalformedAnswer):
+                self._fail(UpstreamFailure(f"upstream {self.pool.url.url} sent {exc.__context__}"))
+                return
             self._fail(
                 UpstreamFailure(f"upstream {self.pool.url.url} sent a malformed response: {exc}")
             )
+        if self._is_poisoned:
+            # The buffer held the start of another answer: whatever comes next on this
+            # connection can never be matched to a request. Never reuse it.
+            self._close()
 
     def pause_writing(self) -> None:
         self._is_paused = True
@@ -240,6 +267,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # No on_header: the head's lines are taken from the raw bytes, which llhttp validated
     # (one slice instead of a Python callback per header).
+
+    def on_message_begin(self) -> None:
+        if self._finished:
+            self._is_poisoned = True
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
@@ -256,7 +287,14 @@ class UpstreamConnection(asyncio.Protocol):
             return  # 1xx interim answers are not relayed (100 Continue is ours to send)
         self._waiting_head = False
         self._head = b""
-        block, length, must_close = _response_block(lines)
+        if lines.count(b"\r\n") > MAX_RESPONSE_HEADERS:
+            raise _MalformedAnswer(f"more than {MAX_RESPONSE_HEADERS} response headers")
+        block, length, must_close, is_chunked = _response_block(lines)
+        if is_chunked and (status in (204, 304) or 100 <= status < 200):
+            raise _MalformedAnswer(f"Transfer-Encoding on a {status} response")
+        self._is_close_delimited = (
+            length is None and not is_chunked and not self._is_head and status not in (204, 304)
+        )
         if must_close:
             self._must_close = True
         if self._is_head and (length or length is None):
@@ -381,17 +419,17 @@ class UpstreamConnection(asyncio.Protocol):
             if retryable and self._is_reused:
                 retry, self._retry = self._retry, None
                 if retry is not None:
-                    retry[0].retry(retry[1], retry[2], exchange)
+                    retry[0].retry(retry[1], retry[2], exchange, error)
                     return
                 if self._on_done is not None:
                     self._reject(_StaleConnection(error))
                     return
             self.pool.hub.count(error.code)
-            if self._is_started or exchange.is_started:
+            if (self._is_started or exchange.is_started) and not exchange.retract():
                 logger.warning("upstream response cut: %s", error.message)
                 exchange.abort()
             else:
-                exchange.send_error(error.status, error.body())
+                exchange.send_error(error.status, error.body(), headers=error.headers)
         self._resolve()
 
     def _resolve(self) -> None:
@@ -449,6 +487,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
 
+class _MalformedAnswer(Exception):
+    """Raised from a parser callback: the answer is well-formed HTTP but not acceptable."""
+
+
 class _StaleConnection(Exception):
     """A reused connection died before answering; safe to retry an idempotent request."""
 
@@ -457,25 +499,30 @@ class _StaleConnection(Exception):
         self.error = error
 
 
-def _response_block(lines: bytes) -> tuple[bytes, int | None, bool]:
+def _response_block(lines: bytes) -> tuple[bytes, int | None, bool, bool]:
     """The end-to-end part of a response head's lines (each ending in CRLF), its content
-    length and whether the upstream asked to close. Hop-by-hop lines (RFC 9110 §7.6.1) and
-    the Content-Length line (the client side frames the body itself) are removed: two C
-    calls over the raw head (llhttp validated its lines) instead of a loop per header."""
+    length, whether the upstream asked to close and whether the body is chunked.
+
+    Hop-by-hop lines (RFC 9110 §7.6.1) and the Content-Length line (the client side frames
+    the body itself) are removed: two C calls over the raw head (llhttp validated its
+    lines) instead of a loop per header."""
     found = _HOP_LINE.findall(lines)
     if not found:
-        return lines, None, False
+        return lines, None, False, False
     lines = _HOP_LINE.sub(b"", lines)
     length: int | None = None
     connection: bytes | None = None
+    is_chunked = False
     for name, value in found:
         lname = name.lower()
         if lname == b"content-length":
             length = int(value)  # llhttp refused conflicting values already
         elif lname == b"connection":
             connection = value if connection is None else connection + b"," + value
+        elif lname == b"transfer-encoding":
+            is_chunked = True  # llhttp accepts no coding but a final "chunked"
     if connection is None or connection.lower() == b"keep-alive":
-        return lines, length, False
+        return lines, length, False, is_chunked
     tokens = _tokens(connection)
     named = tokens - _PROXY_OWNED
     if named:
@@ -484,7 +531,7 @@ def _response_block(lines: bytes) -> tuple[bytes, int | None, bool]:
             for line in lines.split(b"\r\n")
             if line and line.partition(b":")[0].lower() not in named
         )
-    return lines, length, b"close" in tokens
+    return lines, length, b"close" in tokens, is_chunked
 
 
 def _tokens(value: bytes) -> frozenset[bytes]:
@@ -634,13 +681,15 @@ class UpstreamForwarder:
                 return None
         return self._forward(pool, request, head, body, response)
 
-    def retry(self, head: RequestHead, body: BodyStream, response: ResponseWriter) -> None:
+    def retry(
+        self, head: RequestHead, body: BodyStream, response: ResponseWriter, error: UpstreamFailure
+    ) -> None:
         """A pooled connection died before answering a callback-path request: retry it once
-        on a fresh connection (only body-less requests take the callback path)."""
+        on a fresh connection (only body-less requests take the callback path) when the
+        method is idempotent; anything else gets the 502, never a silent duplicate."""
         if head.method in _IDEMPOTENT:
             self._hub.spawn(self._forward(self._pick(), None, head, body, response, retried=True))
         else:
-            error = UpstreamFailure("upstream closed a reused connection before answering")
             self._hub.count(error.code)
             response.send_error(error.status, error.body())
 
@@ -658,11 +707,13 @@ class UpstreamForwarder:
             await self._exchange(pool, request, head, body, response, retried)
         except UpstreamFailure as error:
             self._hub.count(error.code)
-            if response.is_started:
+            if response.is_started and not response.retract():
                 response.abort()
             elif not response.is_disconnected:
-                response.send_error(error.status, error.body())
-        except ClientDisconnected:
+                response.send_error(error.status, error.body(), headers=error.headers)
+        except (ClientDisconnected, RequestError):
+            # The client side failed (gone, body over the limit or too slow) and has been
+            # answered there; the upstream exchange was cancelled with it.
             pass
 
     async def _exchange(
@@ -687,7 +738,11 @@ class UpstreamForwarder:
             payload = request if request is not None else self._request_head(head, pool.url)
             done = connection.send(payload, response, head)
             if head.body_length != 0:
-                await self._stream_body(connection, head, body)
+                try:
+                    await self._stream_body(connection, head, body)
+                except BaseException:
+                    connection.cancel()  # a half-sent body: this connection is done for
+                    raise
             try:
                 await done
                 return

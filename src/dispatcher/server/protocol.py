@@ -454,11 +454,21 @@ class Exchange:
         self._must_close = True
         self._protocol.abort()
 
-    def send_error(self, status: int, body: bytes) -> None:
+    def retract(self) -> bool:
+        if not self._is_started or self._is_ended or not self._pending:
+            return not self._is_started
+        self._is_started = self._is_chunked = self._has_no_body = self._must_close = False
+        self._pending = b""
+        self._remaining = -1
+        self.status = 0
+        return True
+
+    def send_error(self, status: int, body: bytes, *, headers: list[Header] | None = None) -> None:
         if self._is_started:
             self.abort()
             return
-        self.start(status, _JSON_HEADERS, content_length=len(body))
+        extra = _JSON_HEADERS if headers is None else _JSON_HEADERS + headers
+        self.start(status, extra, content_length=len(body))
         self.write(body)
         self.end()
 
@@ -638,6 +648,13 @@ class HttpProtocol(asyncio.Protocol):
         # (ASGI http.disconnect) is told now, as nginx does (499): EOF and a full close look
         # the same until we write.
         self.is_client_gone = True
+        active = self._active
+        if active is not None and active.producer is not None:
+            # Like nginx (499): a client that closed its side no longer waits for the answer;
+            # the upstream request is cancelled rather than left to run to its timeout.
+            active.producer.cancel()
+            active.abort()
+            return False
         if self._lingering is not None or (self._active is None and not self._queue):
             return False
         self._is_parser_dead = True
