@@ -65,6 +65,10 @@ _TOKEN_CHARS: Final = (
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 _HOST_CACHE_SIZE: Final = 1024
+_METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+}
+_HEADER_LINE_CACHE_SIZE: Final = 1024
 
 # What on_header remembers besides storing the line (one dict lookup per header).
 _HOST, _EXPECT, _CONTENT_LENGTH, _CONNECTION, _TRANSFER_ENCODING, _UPGRADE = 1, 2, 3, 4, 5, 6
@@ -110,6 +114,7 @@ class ServerState:
         "connections",
         "is_closing",
         "hosts",
+        "header_lines",
     )
 
     def __init__(
@@ -125,6 +130,9 @@ class ServerState:
         # Raw Host value -> canonical host: most traffic repeats a few hosts, and validating
         # one costs more than the rest of routing. Bounded; only valid hosts are kept.
         self.hosts: dict[bytes, str] = {}
+        # (name, value) -> serialized line for response headers already validated: workers
+        # repeat the same few headers. Bounded; framing headers are never kept.
+        self.header_lines: dict[tuple[bytes, bytes], bytes] = {}
         self.tick()
 
     def tick(self) -> None:
@@ -339,7 +347,12 @@ class Exchange:
             raise RuntimeError("response already started")
         parts = [_STATUS_LINES.get(status) or _status_line(status)]
         length = content_length
+        lines = self._protocol.state.header_lines
         for name, value in headers:
+            line = lines.get((name, value))
+            if line is not None:
+                parts.append(line)
+                continue
             if not name or name.translate(None, _TOKEN_CHARS):
                 raise ResponseHeaderError(f"invalid header name {name!r}")
             if b"\r" in value or b"\n" in value or b"\x00" in value:
@@ -352,7 +365,11 @@ class Exchange:
                 elif lname == b"connection" and b"close" in value.lower():
                     self._must_close = True
                 continue
-            parts.append(name + b": " + value + b"\r\n")
+            line = name + b": " + value + b"\r\n"
+            if len(lines) >= _HEADER_LINE_CACHE_SIZE:
+                lines.clear()
+            lines[(name, value)] = line
+            parts.append(line)
         self._frame(status, length, parts)
         self._is_started = True
         self.status = status
@@ -753,7 +770,9 @@ class HttpProtocol(asyncio.Protocol):
         parser = self._parser
         version = parser.get_http_version()
         keep_alive = version == "1.1" and parser.should_keep_alive()
-        head = self._build_head(parser.get_method().decode("ascii"), version)
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        head = self._build_head(method, version)
         limits = self._limits
         body = RequestBody(self, limits.max_body_bytes)
         expects_continue = (
