@@ -194,7 +194,17 @@ def _granian(bin_dir: Path, port: int) -> tuple[str, ...]:
 
 
 def _dispatcher(bin_dir: Path, port: int, config: Path) -> tuple[str, ...]:
-    serve = ("serve", "--config", str(config), "--port", str(port), "--log-level", "warning")
+    serve = (
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--admin-port",
+        "0",
+        "--log-level",
+        "warning",
+    )
     return (str(bin_dir / "dispatcher"), *serve)
 
 

@@ -289,8 +289,8 @@ VALIDATION_ERRORS: Final = [
     (
         "d.toml",
         "rout = []\n",
-        "rout: unknown key (expected one of dispatch_namespaces, limits, proxy, routes, routing, "
-        "server, store, vars, workers)",
+        "rout: unknown key (expected one of admin, dispatch_namespaces, limits, proxy, routes, "
+        "routing, server, store, vars, workers)",
     ),
     ("d.toml", "name = 'dispatcher'\n", "name: unknown key"),
     ("d.toml", "a = = 1\n", "invalid TOML: Invalid value (at line 1, column 5)"),

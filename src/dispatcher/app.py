@@ -1,26 +1,33 @@
 """``running(settings)``: the composition root. Builds the store, the worker apps, the
-snapshot, the dispatcher, the watcher and the listener, and tears them down in reverse.
+snapshot, the dispatcher, the watcher, the listener and the admin listener (Deploy API), and
+tears them down in reverse.
 
 Example::
 
     async with running(settings) as dispatcher:
-        print(dispatcher.url)
+        print(dispatcher.url, dispatcher.admin_url)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Final
 
+from dispatcher.admin import DeployAPI
+from dispatcher.auth import BearerTokenAuth, ensure_token_file
 from dispatcher.dispatch import Dispatcher
-from dispatcher.forwarding.asgi import AppHost
+from dispatcher.errors import ListenFailed
+from dispatcher.forwarding.asgi import AppHandler, AppHost
 from dispatcher.forwarding.upstream import UpstreamHub
 from dispatcher.namespaces import Snapshot
 from dispatcher.server.listeners import Listener
-from dispatcher.settings import Settings
-from dispatcher.store import RegistryStore, open_store
+from dispatcher.settings import Limits, Settings
+from dispatcher.store import RegistryStore, is_postgres_url, open_store, sqlite_path
 from dispatcher.sync import SnapshotBuilder, SnapshotWatcher
 from dispatcher.types import ASGIApp, NamespaceName, WorkerName
 from dispatcher.workers import Target
@@ -28,23 +35,29 @@ from dispatcher.workers import Target
 logger = logging.getLogger("dispatcher")
 
 CONFIG_ACTOR = "config"
+TOKEN_FILE_NAME: Final = "admin-token"
+DEFAULT_TOKEN_DIRECTORY: Final = ".dispatcher"
 
 
 @dataclass(frozen=True, slots=True)
 class RunningDispatcher:
-    """A started dispatcher: its settings, store, request handler, listener and watcher."""
+    """A started dispatcher: its settings, store, request handler, listeners and watcher."""
 
     settings: Settings
     store: RegistryStore
     dispatcher: Dispatcher
     listener: Listener
     watcher: SnapshotWatcher
+    admin_listener: Listener
 
     @property
     def url(self) -> str:
-        host = self.settings.host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.listener.port}"
+        return _url(self.settings.host, self.listener.port)
+
+    @property
+    def admin_url(self) -> str:
+        """Where the Deploy API answers (``DISPATCHER_ADMIN_URL`` for the CLI)."""
+        return _url(self.settings.admin.host, self.admin_listener.port)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -90,8 +103,18 @@ async def running(
         )
         await stack.enter_async_context(watcher)
         listener = Listener(dispatcher, settings.limits)
-        await listener.start(settings.host, settings.port)
+        await _start(listener, settings.host, settings.port, "")
         stack.push_async_callback(listener.stop, settings.limits.drain_timeout)
+        api = DeployAPI(
+            store,
+            admin_auth(settings),
+            bindings=settings.bindings,
+            served=settings.namespace,
+            max_body_bytes=settings.admin.max_body_bytes,
+        )
+        admin_listener = Listener(AppHandler(api), admin_limits(settings))
+        await _start(admin_listener, settings.admin.host, settings.admin.port, " (admin API)")
+        stack.push_async_callback(admin_listener.stop, settings.limits.drain_timeout)
         logger.info(
             "dispatcher serving %s on %s:%d (namespace %s, revision %d, %d workers)",
             settings.environment,
@@ -101,7 +124,53 @@ async def running(
             snapshot.revision,
             len(snapshot.namespace.workers) if snapshot.namespace else 0,
         )
-        yield RunningDispatcher(settings, store, dispatcher, listener, watcher)
+        logger.info(
+            "Deploy API on %s:%d (%s)",
+            settings.admin.host,
+            admin_listener.port,
+            "tokens configured" if settings.admin.has_tokens else "generated token",
+        )
+        yield RunningDispatcher(settings, store, dispatcher, listener, watcher, admin_listener)
+
+
+def admin_auth(settings: Settings) -> BearerTokenAuth:
+    """The admin tokens; with none configured (loopback only), the generated token file's."""
+    admin = settings.admin
+    if admin.has_tokens:
+        return BearerTokenAuth.from_tokens(env_token=admin.token, granted=admin.tokens)
+    return BearerTokenAuth.from_tokens(env_token=ensure_token_file(admin_token_path(settings)))
+
+
+def admin_token_path(settings: Settings) -> str:
+    """Beside the SQLite registry file; ``.dispatcher/admin-token`` with PostgreSQL."""
+    if is_postgres_url(settings.store_url):
+        directory = Path(DEFAULT_TOKEN_DIRECTORY)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    else:
+        directory = Path(sqlite_path(settings.store_url)).parent
+    return str(directory / TOKEN_FILE_NAME)
+
+
+def admin_limits(settings: Settings) -> Limits:
+    """The main limits, but bodies bounded by the Deploy API's 1 MiB, so the server refuses a
+    larger Content-Length before reading a byte."""
+    return replace(settings.limits, max_body_bytes=settings.admin.max_body_bytes)
+
+
+async def _start(listener: Listener, host: str, port: int, role: str) -> None:
+    try:
+        await listener.start(host, port)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenFailed(f"cannot listen on {_address(host, port)}{role}: {reason}") from exc
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{_address(host, port)}"
 
 
 async def apply_declared_workers(

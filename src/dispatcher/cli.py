@@ -1,4 +1,5 @@
-"""The ``dispatcher`` command: ``serve``, ``dev``, ``check``, ``routes``, ``resolve``.
+"""The ``dispatcher`` command: ``serve``, ``dev``, ``check``, ``routes``, ``resolve``; and
+over the admin API: ``deploy``, ``workers``, ``rollback``, ``undeploy``, ``history``, ``token``.
 
 The only module that calls ``sys.exit`` (through click): configuration errors exit 2 with
 one line naming file, key and problem; runtime failures exit 1.
@@ -7,18 +8,23 @@ one line naming file, key and problem; runtime failures exit 1.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
 import uvloop
 
+from dispatcher.admin_client import AdminClient, worker_path
 from dispatcher.app import Preparation, running
-from dispatcher.errors import BadRequest, ConfigError, StoreError
+from dispatcher.auth import generate_token, hash_token
+from dispatcher.errors import AdminClientError, BadRequest, ConfigError, ListenFailed, StoreError
 from dispatcher.normalize import normalize_host, normalize_path
 from dispatcher.routing import RuleKind
 from dispatcher.settings import Settings
@@ -62,13 +68,29 @@ def main() -> None:
 @config_option
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8787).")
+@click.option("--admin-host", default=None, help="Address of the Deploy API (default 127.0.0.1).")
+@click.option(
+    "--admin-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port of the Deploy API (default 8788).",
+)
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
-def serve(config_path: str | None, host: str | None, port: int | None, log_level: str) -> None:
+def serve(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    admin_host: str | None,
+    admin_port: int | None,
+    log_level: str,
+) -> None:
     """Serve routed traffic until SIGINT or SIGTERM."""
     _configure_logging(log_level)
-    settings = _load(config_path, host=host, port=port)
+    settings = _load(
+        config_path, host=host, port=port, admin_host=admin_host, admin_port=admin_port
+    )
     _run(settings, announce=_announce_serve)
 
 
@@ -76,6 +98,13 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
 @config_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEV_PORT, show_default=True)
+@click.option("--admin-host", default=None, help="Address of the Deploy API (default 127.0.0.1).")
+@click.option(
+    "--admin-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port of the Deploy API (default 8788).",
+)
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
@@ -87,12 +116,20 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
     help="Point a service at a local HTTP server, e.g. gateway=http://127.0.0.1:9000 (repeatable).",
 )
 def dev(
-    config_path: str | None, host: str, port: int, log_level: str, upstreams: tuple[str, ...]
+    config_path: str | None,
+    host: str,
+    port: int,
+    admin_host: str | None,
+    admin_port: int | None,
+    log_level: str,
+    upstreams: tuple[str, ...],
 ) -> None:
     """Local development: every configured service gets an echo worker where none is deployed;
     --upstream points a service at a local HTTP server instead."""
     _configure_logging(log_level)
-    settings = _load(config_path, host=host, port=port)
+    settings = _load(
+        config_path, host=host, port=port, admin_host=admin_host, admin_port=admin_port
+    )
     pointed = _parse_upstream_options(upstreams, settings)
 
     async def prepare(store: RegistryStore, settings: Settings) -> None:
@@ -214,9 +251,23 @@ def resolve(config_path: str | None, url: str) -> None:
         click.echo(f"normalized path: {path}")
 
 
-def _load(config_path: str | None, *, host: str | None = None, port: int | None = None) -> Settings:
+def _load(
+    config_path: str | None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    admin_host: str | None = None,
+    admin_port: int | None = None,
+) -> Settings:
     try:
-        return Settings.load(config_path, os.environ, host=host, port=port)
+        return Settings.load(
+            config_path,
+            os.environ,
+            host=host,
+            port=port,
+            admin_host=admin_host,
+            admin_port=admin_port,
+        )
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
 
@@ -233,6 +284,8 @@ def _run(
         raise ConfigProblem(str(exc)) from exc
     except StoreError as exc:
         raise RuntimeProblem(f"registry store: {exc}") from exc
+    except ListenFailed as exc:
+        raise RuntimeProblem(str(exc)) from exc
     except OSError as exc:
         raise RuntimeProblem(
             f"cannot listen on {settings.host}:{settings.port}: "
@@ -277,3 +330,254 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+# --- over the admin API ----------------------------------------------------------------------
+
+env_option = click.option(
+    "--env",
+    "env",
+    default=None,
+    metavar="ENV",
+    help="Environment (production, staging, ...) or namespace. Default: the one the "
+    "dispatcher serves.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--url", "urls", multiple=True, metavar="URL", help="Upstream URL (repeatable).")
+@click.option("--app", "app", default=None, metavar="MODULE:ATTR", help="In-process ASGI app.")
+@env_option
+@click.option("--version", "version_label", default=None, metavar="V", help="Label, e.g. v2.")
+@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata (repeatable).")
+@click.option("--no-preserve-host", is_flag=True, help="Send the upstream's own Host.")
+@json_option
+def deploy(
+    name: str,
+    urls: tuple[str, ...],
+    app: str | None,
+    env: str | None,
+    version_label: str | None,
+    meta: tuple[str, ...],
+    no_preserve_host: bool,
+    as_json: bool,
+) -> None:
+    """Deploy NAME: a new version pointing at --url (or --app)."""
+    body = _deploy_body(urls, app, version_label, meta, no_preserve_host)
+    with _admin() as client:
+        namespace = _namespace(client, env)
+        record = client.call("PUT", worker_path(namespace, name), body=body)
+    if as_json:
+        _print_json(record)
+        return
+    label = f" ({record['version_label']})" if record.get("version_label") else ""
+    click.echo(
+        f"deployed {record['worker']} version {record['version']}{label} to "
+        f"{record['namespace']}: {_describe_target(record['target'])}"
+    )
+    if record.get("pinned_worker"):
+        click.echo(f"pinned: {record['pinned_worker']} serves {record['version_label']}")
+
+
+@main.command()
+@env_option
+@json_option
+def workers(env: str | None, as_json: bool) -> None:
+    """List the workers deployed in a namespace."""
+    with _admin() as client:
+        namespace = _namespace(client, env)
+        listing = client.call("GET", worker_path(namespace) + "/workers")
+    if as_json:
+        _print_json(listing)
+        return
+    rows = [
+        [
+            d["worker"],
+            str(d["version"]),
+            d["version_label"] or "-",
+            _describe_target(d["target"]),
+            _short_time(d["deployed_at"]),
+            d["actor"],
+        ]
+        for d in listing["workers"]
+    ]
+    if not rows:
+        click.echo(f"no workers deployed in {namespace}")
+        return
+    _print_table(["WORKER", "VERSION", "LABEL", "TARGET", "DEPLOYED", "BY"], rows)
+
+
+@main.command()
+@click.argument("name")
+@env_option
+@json_option
+def rollback(name: str, env: str | None, as_json: bool) -> None:
+    """Deploy NAME's previous version again (as a new version)."""
+    with _admin() as client:
+        namespace = _namespace(client, env)
+        record = client.call("POST", worker_path(namespace, name) + "/rollback")
+    if as_json:
+        _print_json(record)
+        return
+    restored = record.get("restored_version")
+    to = f" to version {restored}" if restored is not None else ""
+    click.echo(
+        f"rolled back {record['worker']} in {record['namespace']}{to}: now version "
+        f"{record['version']}, {_describe_target(record['target'])}"
+    )
+
+
+@main.command()
+@click.argument("name")
+@env_option
+def undeploy(name: str, env: str | None) -> None:
+    """Remove NAME from a namespace."""
+    with _admin() as client:
+        namespace = _namespace(client, env)
+        client.call("DELETE", worker_path(namespace, name))
+    click.echo(f"undeployed {name} from {namespace}")
+
+
+@main.command()
+@click.option("--env", "env", default=None, metavar="ENV", help="Only this environment.")
+@click.option("--worker", "worker", default=None, metavar="W", help="Only workers named W.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+def history(env: str | None, worker: str | None, limit: int, as_json: bool) -> None:
+    """The audit trail, newest first (every namespace unless --env)."""
+    query: dict[str, str | int] = {"limit": limit}
+    if worker is not None:
+        query["worker"] = worker
+    with _admin() as client:
+        if env is not None:
+            query["namespace"] = _namespace(client, env)
+        trail = client.call("GET", "/deployments", query=query)
+    if as_json:
+        _print_json(trail)
+        return
+    rows = [
+        [
+            str(e["revision"]),
+            e["action"],
+            e["namespace"],
+            e["worker"],
+            "-" if e["version"] is None else str(e["version"]),
+            e["version_label"] or "-",
+            "-" if e["target"] is None else _describe_target(e["target"]),
+            _short_time(e["at"]),
+            e["actor"],
+        ]
+        for e in trail["deployments"]
+    ]
+    if not rows:
+        click.echo("no deployments recorded")
+        return
+    headers = ["REV", "ACTION", "NAMESPACE", "WORKER", "VERSION", "LABEL", "TARGET", "AT", "BY"]
+    _print_table(headers, rows)
+
+
+@main.group()
+def token() -> None:
+    """Make admin API tokens and their SHA-256 for a tokens file."""
+
+
+@token.command("new")
+def token_new() -> None:
+    """Print a new random token (256 bits) and its sha256."""
+    value = generate_token()
+    click.echo(f"token:  {value}\nsha256: {hash_token(value)}")
+
+
+@token.command("hash")
+def token_hash() -> None:
+    """Print the sha256 of a token read from stdin (or typed, hidden)."""
+    if sys.stdin.isatty():
+        value = click.prompt("token", hide_input=True)
+    else:
+        value = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    if not value:
+        raise click.UsageError("no token given on stdin")
+    click.echo(hash_token(value))
+
+
+@contextmanager
+def _admin() -> Iterator[AdminClient]:
+    """A client from the environment; failures become one ``Error:`` line and exit 1."""
+    try:
+        yield AdminClient.from_environ(os.environ)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except AdminClientError as exc:
+        raise RuntimeProblem(exc.message) from exc
+
+
+def _namespace(client: AdminClient, env: str | None) -> str:
+    """``--env`` as the server binds it: an environment or a namespace name; default: the
+    namespace the dispatcher serves."""
+    namespaces: list[dict[str, Any]] = client.call("GET", "/namespaces")["namespaces"]
+    for namespace in namespaces:
+        if env is None and namespace["serving"]:
+            return str(namespace["name"])
+        if env is not None and env in (namespace["name"], namespace["environment"]):
+            return str(namespace["name"])
+    known = ", ".join(
+        f"{n['environment']} ({n['name']})" if n["environment"] else n["name"] for n in namespaces
+    )
+    wanted = f"environment or namespace {env!r}" if env is not None else "served namespace"
+    raise RuntimeProblem(f"no {wanted} at {client.url} (known: {known or 'none'})")
+
+
+def _deploy_body(
+    urls: tuple[str, ...],
+    app: str | None,
+    version_label: str | None,
+    meta: tuple[str, ...],
+    no_preserve_host: bool,
+) -> dict[str, Any]:
+    if bool(urls) == (app is not None):
+        raise click.UsageError("give --url (one or more) or --app, not both")
+    body: dict[str, Any] = {"app": app} if app is not None else {"url": _one_or_list(urls)}
+    if no_preserve_host:
+        body["preserve_host"] = False
+    if version_label is not None:
+        body["version"] = version_label
+    if meta:
+        body["metadata"] = dict(_key_value(item) for item in meta)
+    return body
+
+
+def _one_or_list(urls: Sequence[str]) -> str | list[str]:
+    return urls[0] if len(urls) == 1 else list(urls)
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--meta")
+    return key, value
+
+
+def _describe_target(target: dict[str, Any]) -> str:
+    if "app" in target:
+        return f"app {target['app']}"
+    urls = target["url"] if isinstance(target["url"], list) else [target["url"]]
+    return "upstream " + ", ".join(urls)
+
+
+def _short_time(timestamp: str) -> str:
+    """``2026-01-02T03:04:05.123456Z`` → ``2026-01-02 03:04:05Z``."""
+    return timestamp[:19].replace("T", " ") + "Z"
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _print_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))

@@ -16,11 +16,26 @@ DispatcherError
 │       ├── MethodNotAllowed    405
 │       ├── NotImplementedCoding 501
 │       └── VersionNotSupported 505
+├── ApiError                    rendered by the Deploy API (admin.py) as JSON, naming the field
+│   ├── InvalidRequest     400  bad name, body not JSON, unknown query parameter
+│   ├── Unauthorized       401  missing or unknown bearer token (WWW-Authenticate: Bearer)
+│   ├── Forbidden          403  token lacks the scope or the namespace
+│   ├── NotFound           404  unknown route, namespace or worker
+│   ├── WrongMethod        405  route exists, method does not (Allow)
+│   ├── Conflict           409  namespace not empty, nothing to roll back
+│   ├── BodyTooLarge       413
+│   ├── ValidationFailed   422  well-formed JSON that breaks the schema
+│   ├── TooManyFailures    429  too many failed logins from one address (Retry-After)
+│   └── Unavailable        503  the store is unavailable (Retry-After)
+├── AdminClientError            the CLI's admin API call failed (admin_client.py)
+│   └── AdminUnreachable        no HTTP answer at all (refused, timed out, not HTTP)
+├── ListenFailed                a listener could not bind its address
 └── StoreError                  the registry store failed (mapped from sqlite3 in store/ only)
     ├── StoreUnavailable        unreachable, or locked past its bound (retryable)
     ├── NamespaceNotFound
     ├── NamespaceNotEmpty
-    └── WorkerNotFound
+    ├── WorkerNotFound
+    └── NothingToRollBack       the current version has no previous version
 ```
 
 Unexpected exceptions become the seed's 500 ``{"error": "Internal server error", ...}``
@@ -188,3 +203,118 @@ class NamespaceNotEmpty(StoreError):
 
 class WorkerNotFound(StoreError):
     """No worker of that name is deployed in the namespace."""
+
+
+class NothingToRollBack(StoreError):
+    """The worker's current version has no previous version to return to."""
+
+
+class ListenFailed(DispatcherError):
+    """A listener could not bind its address; the message names the address and the reason."""
+
+
+class ApiError(DispatcherError):
+    """An error the Deploy API answers as ``{"error", "message", "code"[, "field"]}``.
+
+    ``field`` names the offending input (``url``, ``metadata.commit``, ``namespace``) when
+    there is one; ``headers`` are added to the response (``WWW-Authenticate``, ``Allow``).
+    """
+
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Bad request"
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+    def fields(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.title, "message": self.message, "code": self.code}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+    def body(self) -> bytes:
+        return json.dumps(self.fields()).encode() + b"\n"
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    title = "Bad request"
+    code = "bad_request"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    title = "Unauthorized"
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    title = "Forbidden"
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    title = "Not found"
+    code = "not_found"
+
+
+class WrongMethod(ApiError):
+    status = 405
+    title = "Method not allowed"
+    code = "method_not_allowed"
+
+
+class Conflict(ApiError):
+    status = 409
+    title = "Conflict"
+    code = "conflict"
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    title = "Payload too large"
+    code = "payload_too_large"
+
+
+class ValidationFailed(ApiError):
+    status = 422
+    title = "Validation failed"
+    code = "validation_failed"
+
+
+class TooManyFailures(ApiError):
+    status = 429
+    title = "Too many requests"
+    code = "too_many_failures"
+
+
+class Unavailable(ApiError):
+    status = 503
+    title = "Service unavailable"
+    code = "unavailable"
+
+
+class AdminClientError(DispatcherError):
+    """An admin API call failed; ``status`` is the HTTP status (0 when none came back)."""
+
+    def __init__(self, message: str, *, status: int = 0, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class AdminUnreachable(AdminClientError):
+    """The admin API gave no HTTP answer: refused, timed out, or not speaking HTTP."""

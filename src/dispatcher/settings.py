@@ -7,8 +7,10 @@ Example::
     settings.namespace                                        # 'dotdo-production'
     settings.routes.resolve("api.do", "/api/db/query").worker  # 'db'
 
-Precedence, highest first: the keyword arguments (the CLI's ``--host``/``--port``), the
-environment variables ``ENVIRONMENT`` and ``DISPATCHER_STORE``, the file, the seed's defaults.
+Precedence, highest first: the keyword arguments (the CLI's ``--host``/``--port``,
+``--admin-host``/``--admin-port``), the environment variables ``ENVIRONMENT``,
+``DISPATCHER_STORE``, ``DISPATCHER_ADMIN_TOKEN`` and ``DISPATCHER_ADMIN_TOKENS_FILE``, the file,
+the seed's defaults.
 Every invalid value raises ``ConfigError`` naming the file, the key and the problem::
 
     dispatcher.toml: routing.aliases['database.do']: service 'dbx' is not declared in
@@ -27,6 +29,7 @@ from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Final, TypeGuard
 
+from dispatcher.auth import Credential, Secret, load_tokens_file, parse_env_token
 from dispatcher.errors import BadRequest, ConfigError
 from dispatcher.normalize import normalize_host, normalize_path
 from dispatcher.routing import RouteTable, RoutingConfig
@@ -47,6 +50,9 @@ DEFAULT_ROUTES: Final = (("*.do/*", "do"), ("api.do/*", "do"))
 DEFAULT_OWN_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8787
+DEFAULT_ADMIN_HOST: Final = "127.0.0.1"
+DEFAULT_ADMIN_PORT: Final = 8788
+ADMIN_MAX_BODY_BYTES: Final = 1024 * 1024
 DEFAULT_SYNC_INTERVAL: Final = 0.25
 
 _DEFAULTS_SOURCE: Final = "<built-in defaults>"
@@ -61,6 +67,7 @@ _SECTIONS: Final = frozenset(
         "limits",
         "proxy",
         "workers",
+        "admin",
     }
 )
 _TOML_SUFFIXES: Final = frozenset({".toml"})
@@ -152,6 +159,41 @@ class ProxySettings:
         return any(ip in network for network in self.trusted_proxies)
 
 
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """The admin listener (Deploy API): where it binds and which tokens it accepts.
+
+    ``token`` comes from ``DISPATCHER_ADMIN_TOKEN`` (full access); ``tokens`` from the tokens
+    file. With neither, a loopback listener generates a token file on its first start; a
+    non-loopback one refuses to start.
+    """
+
+    host: str = DEFAULT_ADMIN_HOST
+    port: int = DEFAULT_ADMIN_PORT
+    token: Secret | None = None
+    tokens_file: str | None = None
+    tokens: tuple[Credential, ...] = ()
+    max_body_bytes: int = ADMIN_MAX_BODY_BYTES
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.token is not None or bool(self.tokens)
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class RoutePattern:
     """A Cloudflare Workers route pattern (``*.do/*``, ``https://example.com/api/*``) in a zone.
@@ -240,6 +282,7 @@ class Settings:
     sync_interval: float
     workers: Mapping[NamespaceName, Mapping[WorkerName, Target]] = field(hash=False)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @classmethod
     def load(
@@ -249,6 +292,8 @@ class Settings:
         *,
         host: str | None = None,
         port: int | None = None,
+        admin_host: str | None = None,
+        admin_port: int | None = None,
     ) -> Settings:
         """Read ``config_path`` (``None``: the seed's defaults), apply ``environ`` and the flags."""
         root = (
@@ -280,6 +325,7 @@ class Settings:
             sync_interval=_sync_interval(store),
             workers=_parse_workers(root.table("workers"), bindings),
             proxy=_parse_proxy(root.table("proxy")),
+            admin=_parse_admin(root.table("admin"), environ, admin_host, admin_port),
         )
 
     @property
@@ -791,6 +837,53 @@ def _listen_port(server: _Table, override: int | None) -> int:
     if not _is_integer_between(override, 0, 65535):
         raise ConfigError(f"--port: must be an integer from 0 to 65535 (got {override!r})")
     return override
+
+
+def _parse_admin(
+    table: _Table, environ: Mapping[str, str], host: str | None, port: int | None
+) -> AdminSettings:
+    table.reject_unknown(("host", "port", "tokens_file"))
+    if host is None:
+        where = f"{table.source}: {table.key('host')}"
+        host = table.string("host", DEFAULT_ADMIN_HOST)
+    else:
+        where = "--admin-host"
+    if not host or any(char.isspace() or char == "/" for char in host):
+        raise ConfigError(f"{where}: must be a host name or IP address to listen on (got {host!r})")
+    if port is None:
+        port = _integer(table, "port", DEFAULT_ADMIN_PORT, 0, 65535)
+    elif not _is_integer_between(port, 0, 65535):
+        raise ConfigError(f"--admin-port: must be an integer from 0 to 65535 (got {port!r})")
+    tokens_file = _tokens_file(table, environ)
+    admin = AdminSettings(
+        host=host,
+        port=port,
+        token=parse_env_token(environ.get("DISPATCHER_ADMIN_TOKEN", "")),
+        tokens_file=tokens_file,
+        tokens=load_tokens_file(tokens_file) if tokens_file is not None else (),
+    )
+    if not admin.is_loopback and not admin.has_tokens:
+        raise ConfigError(
+            f"{where}: the admin API would listen on {host}, which is not a loopback address, "
+            "without a token; set DISPATCHER_ADMIN_TOKEN or admin.tokens_file "
+            "(or listen on 127.0.0.1)"
+        )
+    return admin
+
+
+def _tokens_file(table: _Table, environ: Mapping[str, str]) -> str | None:
+    """``DISPATCHER_ADMIN_TOKENS_FILE``, else ``admin.tokens_file`` relative to the file."""
+    from_environ = environ.get("DISPATCHER_ADMIN_TOKENS_FILE", "")
+    if from_environ:
+        return from_environ
+    if "tokens_file" not in table.data:
+        return None
+    path = table.string("tokens_file")
+    if not path:
+        raise table.error(table.key("tokens_file"), "must not be empty")
+    if table.source == _DEFAULTS_SOURCE or Path(path).is_absolute():
+        return path
+    return str(Path(table.source).parent / path)
 
 
 def _store_url(store: _Table, environ: Mapping[str, str]) -> str:

@@ -18,7 +18,8 @@ Synchronous (plain pytest, requests/httpx/urllib)::
 
 The dispatcher listens on a free loopback port, keeps its registry in a temporary SQLite
 file (unless ``store`` is given), and serves the given ASGI apps as workers in the
-namespace of the chosen environment.
+namespace of the chosen environment. Its Deploy API listens on another free loopback port,
+``d.admin_url``; it accepts ``DISPATCHER_ADMIN_TOKEN`` from ``environ`` when set there.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ async def run_dispatcher(
     with tempfile.TemporaryDirectory(prefix="dispatcher-test-") as scratch:
         env["DISPATCHER_STORE"] = str(store) if store is not None else f"{scratch}/registry.db"
         settings = Settings.load(
-            str(config) if config is not None else None, env, host="127.0.0.1", port=0
+            str(config) if config is not None else None,
+            env,
+            host="127.0.0.1",
+            port=0,
+            admin_host="127.0.0.1",
+            admin_port=0,
         )
         apps, declared = _preloaded(workers or {})
         merged = dict(settings.workers)
@@ -116,6 +122,11 @@ class DispatcherThread:
     def url(self) -> str:
         assert self.running is not None, "DispatcherThread is not started"
         return self.running.url
+
+    @property
+    def admin_url(self) -> str:
+        assert self.running is not None, "DispatcherThread is not started"
+        return self.running.admin_url
 
     def __enter__(self) -> RunningDispatcher:
         self._thread.start()

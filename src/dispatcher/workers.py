@@ -90,7 +90,12 @@ _UPSTREAM_SCHEMES: Final = ("http", "https", "http+unix")
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """One deployed version of a worker in a namespace, as the store records it."""
+    """One deployed version of a worker in a namespace, as the store records it.
+
+    ``version_label`` is the deployer's name for it (``v2``); ``previous_version`` is the
+    version a rollback returns to (``None``: nothing to roll back to); ``revision`` is the
+    store revision that recorded it.
+    """
 
     namespace: NamespaceName
     worker: WorkerName
@@ -99,6 +104,9 @@ class Deployment:
     deployed_at: str
     actor: str
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    version_label: str | None = None
+    previous_version: int | None = None
+    revision: int = 0
 
 
 def validate_name(value: object, what: str) -> str:

@@ -943,7 +943,8 @@ async def dispatcher_process(tmp_path: Path, upstream_url: str) -> AsyncIterator
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             str(executable),
-            *("serve", "--config", str(config), "--port", "0", "--log-level", "warning"),
+            *("serve", "--config", str(config), "--port", "0", "--admin-port", "0"),
+            *("--log-level", "warning"),
             env=env,
             stdout=log,
             stderr=log,

@@ -35,6 +35,7 @@ from dispatcher.errors import (
     ConfigError,
     NamespaceNotEmpty,
     NamespaceNotFound,
+    NothingToRollBack,
     StoreError,
     StoreUnavailable,
     WorkerNotFound,
@@ -53,7 +54,10 @@ AUTH = WorkerName("auth")
 DB = WorkerName("db")
 TARGET_V1 = AppTarget("gateway.v1:app")
 TARGET_V2 = AppTarget("gateway.v2:app")
+TARGET_V3 = AppTarget("gateway.v3:app")
+GATEWAY_V2 = WorkerName("gateway-v2")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+SCHEMA_VERSION = 2
 
 
 class ContractStore(RegistryStore, Protocol):
@@ -175,6 +179,12 @@ Operation = Callable[[ContractStore], Awaitable[object]]
         pytest.param(lambda s: s.load_namespace(PROD), 0, id="load"),
         pytest.param(lambda s: s.history(), 0, id="history"),
         pytest.param(lambda s: s.list_namespaces(), 0, id="list"),
+        pytest.param(
+            lambda s: s.deploy(PROD, AUTH, TARGET_V2, actor="ci", pinned=WorkerName("auth-v2")),
+            1,
+            id="deploy-pinned",
+        ),
+        pytest.param(lambda s: s.rollback(PROD, GATEWAY, actor="ci"), 1, id="rollback"),
     ],
 )
 async def test_each_change_bumps_the_revision_by_one(
@@ -182,6 +192,7 @@ async def test_each_change_bumps_the_revision_by_one(
 ) -> None:
     await store.ensure_namespaces([PROD, EMPTY])
     await deploy(store)
+    await deploy(store, GATEWAY, TARGET_V2)
     before = await store.revision()
 
     await operation(store)
@@ -223,6 +234,31 @@ async def test_each_change_bumps_the_revision_by_one(
             'namespace "prod" still holds 2 worker(s): auth, gateway; '
             "undeploy them first or delete with force",
             id="delete-non-empty",
+        ),
+        pytest.param(
+            lambda s: s.deploy(STAGING, GATEWAY, TARGET_V2, actor="ci", pinned=GATEWAY_V2),
+            NamespaceNotFound,
+            'namespace "staging" does not exist in the registry store',
+            id="deploy-pinned-missing-namespace",
+        ),
+        pytest.param(
+            lambda s: s.rollback(PROD, GATEWAY, actor="ci"),
+            NothingToRollBack,
+            'worker "gateway" in namespace "prod" has no version before its current version 1 '
+            "to roll back to",
+            id="rollback-first-version",
+        ),
+        pytest.param(
+            lambda s: s.rollback(PROD, DB, actor="ci"),
+            WorkerNotFound,
+            'worker "db" is not deployed in namespace "prod"',
+            id="rollback-missing-worker",
+        ),
+        pytest.param(
+            lambda s: s.rollback(STAGING, GATEWAY, actor="ci"),
+            NamespaceNotFound,
+            'namespace "staging" does not exist in the registry store',
+            id="rollback-missing-namespace",
         ),
     ],
 )
@@ -307,7 +343,7 @@ async def test_deploy_returns_the_record_that_load_namespace_reads(store: Contra
     deployed = await store.deploy(PROD, GATEWAY, TARGET_V1, actor="alice")
 
     assert deployed == Deployment(
-        PROD, GATEWAY, 1, TARGET_V1, deployed.deployed_at, "alice", deployed.metadata
+        PROD, GATEWAY, 1, TARGET_V1, deployed.deployed_at, "alice", deployed.metadata, revision=2
     )
     assert TIMESTAMP.fullmatch(deployed.deployed_at)
     assert dict(deployed.metadata) == {}
@@ -375,6 +411,165 @@ async def test_undeploy_records_the_removed_version(store: ContractStore) -> Non
     (entry, *_) = await store.history()
     assert entry == AuditEntry(4, PROD, GATEWAY, "undeploy", 2, None, "bob", entry.at, {})
     assert TIMESTAMP.fullmatch(entry.at)
+
+
+async def test_ensure_namespaces_returns_the_ones_it_created(store: ContractStore) -> None:
+    assert await store.ensure_namespaces([STAGING, PROD]) == [PROD, STAGING]
+    assert await store.ensure_namespaces([PROD, EMPTY]) == [EMPTY]
+    assert await store.ensure_namespaces([PROD]) == []
+    assert await store.ensure_namespaces([]) == []
+
+
+# --- version labels, pinned workers and rollback -------------------------------------------
+
+
+def current(loaded: tuple[int, list[Deployment]] | None) -> dict[str, tuple[int, object]]:
+    assert loaded is not None
+    return {d.worker: (d.version, d.target) for d in loaded[1]}
+
+
+async def test_a_label_is_stored_with_the_record(store: ContractStore) -> None:
+    await store.ensure_namespaces([PROD])
+
+    deployed = await store.deploy(PROD, GATEWAY, TARGET_V1, actor="ci", version_label="v1.2")
+
+    assert (deployed.version_label, deployed.previous_version, deployed.revision) == (
+        "v1.2",
+        None,
+        2,
+    )
+    assert await store.load_namespace(PROD) == (2, [deployed])
+    (entry,) = await store.history()
+    assert (entry.version_label, entry.restored_version) == ("v1.2", None)
+
+
+async def test_a_pinned_twin_is_deployed_in_the_same_revision(store: ContractStore) -> None:
+    await store.ensure_namespaces([PROD])
+    await deploy(store, GATEWAY, TARGET_V1)
+
+    deployed = await store.deploy(
+        PROD,
+        GATEWAY,
+        TARGET_V2,
+        actor="ci",
+        metadata={"commit": "abc"},
+        version_label="v2",
+        pinned=GATEWAY_V2,
+    )
+    later = await deploy(store, GATEWAY, TARGET_V3)
+
+    assert (deployed.worker, deployed.version, deployed.revision) == (GATEWAY, 2, 3)
+    assert current(await store.load_namespace(PROD)) == {
+        GATEWAY: (3, TARGET_V3),
+        GATEWAY_V2: (1, TARGET_V2),
+    }
+    assert later.previous_version == 2
+    entries = await store.history(limit=3)
+    assert [(e.revision, e.worker, e.version, e.version_label) for e in entries] == [
+        (4, GATEWAY, 3, None),
+        (3, GATEWAY, 2, "v2"),
+        (3, GATEWAY_V2, 1, "v2"),
+    ]
+    assert [dict(e.metadata) for e in entries[1:]] == [{"commit": "abc"}] * 2
+
+
+async def test_rollback_redeploys_the_previous_target_as_a_new_record(
+    store: ContractStore,
+) -> None:
+    await store.ensure_namespaces([PROD])
+    await store.deploy(
+        PROD, GATEWAY, TARGET_V1, actor="ci", metadata={"commit": "a1"}, version_label="v1"
+    )
+    await deploy(store, GATEWAY, TARGET_V2)
+
+    rolled = await store.rollback(PROD, GATEWAY, actor="oncall")
+
+    assert rolled == Deployment(
+        PROD,
+        GATEWAY,
+        3,
+        TARGET_V1,
+        rolled.deployed_at,
+        "oncall",
+        rolled.metadata,
+        version_label="v1",
+        previous_version=None,
+        revision=4,
+    )
+    assert dict(rolled.metadata) == {"commit": "a1"}
+    assert await store.load_namespace(PROD) == (4, [rolled])
+    (entry, *_) = await store.history()
+    assert entry == AuditEntry(
+        4, PROD, GATEWAY, "rollback", 3, TARGET_V1, "oncall", entry.at, {"commit": "a1"}, "v1", 1
+    )
+
+
+async def test_repeated_rollbacks_step_back_until_the_first_version(
+    store: ContractStore,
+) -> None:
+    await store.ensure_namespaces([PROD])
+    for target in (TARGET_V1, TARGET_V2, TARGET_V3):
+        await deploy(store, GATEWAY, target)
+
+    first = await store.rollback(PROD, GATEWAY, actor="ci")
+    second = await store.rollback(PROD, GATEWAY, actor="ci")
+    with pytest.raises(NothingToRollBack, match="before its current version 5 to roll back"):
+        await store.rollback(PROD, GATEWAY, actor="ci")
+
+    assert [(d.version, d.target, d.previous_version) for d in (first, second)] == [
+        (4, TARGET_V2, 1),
+        (5, TARGET_V1, None),
+    ]
+    assert [(e.action, e.version, e.restored_version) for e in await store.history(limit=2)] == [
+        ("rollback", 5, 1),
+        ("rollback", 4, 2),
+    ]
+
+
+async def test_rollback_after_a_deploy_returns_to_what_ran_before_it(
+    store: ContractStore,
+) -> None:
+    await store.ensure_namespaces([PROD])
+    await deploy(store, GATEWAY, TARGET_V1)
+    await deploy(store, GATEWAY, TARGET_V2)
+    await store.rollback(PROD, GATEWAY, actor="ci")  # v3 runs TARGET_V1
+    await deploy(store, GATEWAY, TARGET_V3)  # v4
+
+    rolled = await store.rollback(PROD, GATEWAY, actor="ci")
+
+    assert (rolled.version, rolled.target, rolled.previous_version) == (5, TARGET_V1, None)
+
+
+async def test_an_undeploy_ends_the_rollback_chain(store: ContractStore) -> None:
+    await store.ensure_namespaces([PROD])
+    await deploy(store, GATEWAY, TARGET_V1)
+    await store.undeploy(PROD, GATEWAY, actor="ci")
+    redeployed = await deploy(store, GATEWAY, TARGET_V2)
+
+    assert (redeployed.version, redeployed.previous_version) == (2, None)
+    with pytest.raises(NothingToRollBack):
+        await store.rollback(PROD, GATEWAY, actor="ci")
+
+
+async def test_concurrent_rollbacks_and_deploys_never_share_a_version(
+    backend: Backend, store: ContractStore
+) -> None:
+    other = await backend.open()
+    await store.ensure_namespaces([PROD])
+    for index in range(6):
+        await deploy(store, GATEWAY, AppTarget(f"gateway.v{index}:app"))
+
+    results = await asyncio.gather(
+        *(store.rollback(PROD, GATEWAY, actor="ci") for _ in range(3)),
+        *(deploy(other, GATEWAY, AppTarget(f"gateway.new{i}:app")) for i in range(3)),
+        return_exceptions=True,
+    )
+
+    records = [r for r in results if isinstance(r, Deployment)]
+    refusals = [r for r in results if not isinstance(r, Deployment)]
+    assert all(isinstance(r, NothingToRollBack) for r in refusals)
+    assert sorted(d.version for d in records) == list(range(7, 7 + len(records)))
+    assert len(await store.history(worker=GATEWAY, limit=100)) == 6 + len(records)
 
 
 # --- history -------------------------------------------------------------------------------
@@ -523,6 +718,97 @@ async def test_close_is_idempotent_and_later_calls_fail(store: ContractStore) ->
         await store.revision()
 
 
+# --- migration 2 keeps the data of a version 1 store ---------------------------------------
+
+# A version 1 store as a dispatcher before labels and rollback left it: gateway deployed twice,
+# auth deployed, undeployed and deployed again.
+V1_ROWS = [
+    (2, "gateway", "deploy", 1, '{"app": "gateway.v1:app"}'),
+    (3, "gateway", "deploy", 2, '{"app": "gateway.v2:app"}'),
+    (4, "auth", "deploy", 1, '{"app": "gateway.v1:app"}'),
+    (5, "auth", "undeploy", 1, None),
+    (6, "auth", "deploy", 2, '{"app": "gateway.v2:app"}'),
+]
+V1_WORKERS = [("gateway", 2), ("auth", 5)]  # (name, deployments.id), ids counted from 1
+
+
+def write_v1_sqlite(path: Path) -> None:
+    from dispatcher.store import sqlite as module
+
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER)")
+        raw.executescript(module._MIGRATIONS[0])
+        raw.execute("INSERT INTO meta VALUES ('schema_version', 1)")
+        raw.execute("UPDATE meta SET value = 6 WHERE key = 'revision'")
+        raw.execute("INSERT INTO namespaces VALUES ('prod', '2024-01-01T00:00:00.000000Z')")
+        raw.executemany(
+            "INSERT INTO deployments (revision, namespace, worker, action, version, target, "
+            "actor, at) VALUES (?, 'prod', ?, ?, ?, ?, 'ci', '2024-01-01T00:00:00.000000Z')",
+            V1_ROWS,
+        )
+        raw.executemany(
+            "INSERT INTO workers VALUES ('prod', ?, ?)", [(n, i) for n, i in V1_WORKERS]
+        )
+    raw.close()
+
+
+def write_v1_postgres(url: str) -> None:
+    from dispatcher.store import postgres as module
+
+    with psycopg.connect(url, autocommit=True) as raw:
+        raw.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)")
+        raw.execute(module._MIGRATIONS[0])
+        raw.execute("INSERT INTO meta VALUES ('schema_version', 1)")
+        raw.execute("UPDATE meta SET value = 6 WHERE key = 'revision'")
+        raw.execute("INSERT INTO namespaces (name) VALUES ('prod')")
+        with raw.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO deployments (revision, namespace, worker, action, version, target, "
+                "actor) VALUES (%s, 'prod', %s, %s, %s, %s, 'ci')",
+                V1_ROWS,
+            )
+            cursor.executemany(
+                "INSERT INTO workers VALUES ('prod', %s, %s)", [(n, i) for n, i in V1_WORKERS]
+            )
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+async def test_migration_2_keeps_a_version_1_store_and_can_roll_it_back(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    opened: Backend
+    if name == "sqlite":
+        write_v1_sqlite(tmp_path / "registry.db")
+        opened = SQLiteBackend(tmp_path / "registry.db")
+    else:
+        url = request.getfixturevalue("pg_url")
+        write_v1_postgres(url)
+        opened = PostgresBackend(url)
+    try:
+        store = await opened.open()
+        history = summary(await store.history())
+        loaded = await store.load_namespace(PROD)
+        rolled = await store.rollback(PROD, GATEWAY, actor="ops")
+        with pytest.raises(NothingToRollBack):
+            await store.rollback(PROD, AUTH, actor="ops")
+    finally:
+        await opened.close_all()
+
+    assert history == [
+        ("prod", "auth", "deploy", 2),
+        ("prod", "auth", "undeploy", 1),
+        ("prod", "auth", "deploy", 1),
+        ("prod", "gateway", "deploy", 2),
+        ("prod", "gateway", "deploy", 1),
+    ]
+    assert loaded is not None and loaded[0] == 6
+    assert [(d.worker, d.version, d.previous_version, d.version_label) for d in loaded[1]] == [
+        (AUTH, 2, None, None),
+        (GATEWAY, 2, 1, None),
+    ]
+    assert (rolled.version, rolled.target, rolled.revision) == (3, TARGET_V1, 7)
+
+
 # --- SQLite only ---------------------------------------------------------------------------
 
 
@@ -541,7 +827,7 @@ async def test_sqlite_open_creates_the_directory_and_uses_wal(tmp_path: Path) ->
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert raw.execute("SELECT key, value FROM meta ORDER BY key").fetchall() == [
             ("revision", 1),
-            ("schema_version", 1),
+            ("schema_version", SCHEMA_VERSION),
         ]
     raw.close()
 
@@ -639,7 +925,7 @@ def claim_a_future_schema(path: Path) -> None:
         (corrupt_the_index, "registry store is corrupt: {path} (quick_check: "),
         (
             claim_a_future_schema,
-            "registry store schema version 99 is newer than this dispatcher supports (1): {path}",
+            "registry store schema version 99 is newer than this dispatcher supports (2): {path}",
         ),
     ],
 )
@@ -925,7 +1211,7 @@ async def test_postgres_open_creates_the_schema_and_masks_the_password(
     assert shown.startswith("PostgresStore(url='postgresql://postgres:****@")
     assert str(password) not in shown
     meta = await admin.execute("SELECT key, value FROM meta ORDER BY key")
-    assert await meta.fetchall() == [("revision", 2), ("schema_version", 1)]
+    assert await meta.fetchall() == [("revision", 2), ("schema_version", SCHEMA_VERSION)]
     stored = await admin.execute("SELECT target, metadata FROM deployments")
     assert await stored.fetchall() == [({"app": "gateway.v1:app"}, {"k": "v"})]
     types = await admin.execute(
@@ -950,7 +1236,7 @@ async def test_postgres_stores_opened_together_migrate_once(pg_url: str, admin: 
             await store.close()
 
     meta = await admin.execute("SELECT key, value FROM meta ORDER BY key")
-    assert await meta.fetchall() == [("revision", 1), ("schema_version", 1)]
+    assert await meta.fetchall() == [("revision", 1), ("schema_version", SCHEMA_VERSION)]
 
 
 async def test_postgres_refuses_a_newer_schema(pg_url: str, admin: Admin) -> None:
@@ -961,7 +1247,7 @@ async def test_postgres_refuses_a_newer_schema(pg_url: str, admin: Admin) -> Non
         await PostgresStore.open(pg_url)
 
     assert str(raised.value) == (
-        "registry store schema version 99 is newer than this dispatcher supports (1): "
+        "registry store schema version 99 is newer than this dispatcher supports (2): "
         f"{where(pg_url)}"
     )
 

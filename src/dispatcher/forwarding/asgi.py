@@ -187,6 +187,9 @@ class _AsgiExchange:
             await body.wait_disconnect()
             self._saw_disconnect = True
             return _DISCONNECT
+        if body.is_exhausted:  # no body (a GET): no read coroutine to create and await
+            self._is_body_read = True
+            return {"type": "http.request", "body": b"", "more_body": False}
         try:
             chunk = await body.read()
         except Exception:  # disconnected, over the limit, timed out: the client is gone
@@ -200,7 +203,11 @@ class _AsgiExchange:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.body":
-            await self._send_body(message.get("body", b""), message.get("more_body", False))
+            more_body = message.get("more_body", False)
+            if not more_body and self._status and not self.is_complete:
+                self._send_last(message.get("body", b""))
+                return
+            await self._send_body(message.get("body", b""), more_body)
         elif kind == "http.response.start":
             if self._status:
                 raise RuntimeError("ASGI app sent 'http.response.start' twice")
@@ -215,18 +222,28 @@ class _AsgiExchange:
             raise RuntimeError("ASGI app sent a body before 'http.response.start'")
         if self.is_complete:
             return
+        if not more_body:
+            self._send_last(data)
+            return
+        if not response.is_started:
+            response.start(self._status, self._headers)
+        response.write(data)
+        await response.drain()
+
+    def _send_last(self, data: bytes) -> None:
+        """The final body message: no awaiting, so the common one-message answer costs no
+        coroutine."""
+        response = self._response
         if not response.is_started:
             # One message is the whole body, so its length is known; for HEAD and 304 only
             # when the app sent the body (an empty one says nothing about the GET length).
             says_nothing = not data and (self._is_head or self._status == 304)
-            length = None if more_body or says_nothing else len(data)
-            response.start(self._status, self._headers, content_length=length)
+            response.start(
+                self._status, self._headers, content_length=None if says_nothing else len(data)
+            )
         response.write(data)
-        if more_body:
-            await response.drain()
-        else:
-            self.is_complete = True
-            response.end()
+        self.is_complete = True
+        response.end()
 
     def finish_incomplete(self) -> None:
         """The app returned without finishing: before a start it is a 500, after it an abort;

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from dispatcher.errors import ConfigError
 from dispatcher.types import NamespaceName, WorkerName
 from dispatcher.workers import Deployment, Target
+
+if TYPE_CHECKING:
+    from dispatcher.store.sqlite import AuditEntry
 
 
 class RegistryStore(Protocol):
@@ -28,8 +31,9 @@ class RegistryStore(Protocol):
         """The current revision; goes up by one with every committed change."""
         ...
 
-    async def ensure_namespaces(self, names: Iterable[NamespaceName]) -> None:
-        """Create the namespaces that do not exist yet (one revision bump if any was created)."""
+    async def ensure_namespaces(self, names: Iterable[NamespaceName]) -> list[NamespaceName]:
+        """Create the namespaces that do not exist yet (one revision bump if any was created);
+        returns the ones it created, sorted."""
         ...
 
     async def list_namespaces(self) -> list[NamespaceName]:
@@ -48,8 +52,32 @@ class RegistryStore(Protocol):
         *,
         actor: str,
         metadata: Mapping[str, str] | None = None,
+        version_label: str | None = None,
+        pinned: WorkerName | None = None,
     ) -> Deployment:
-        """Make ``target`` the current version of ``worker``; returns the new record."""
+        """Make ``target`` the current version of ``worker``; returns the new record.
+
+        ``pinned`` (``gateway-v2``) gets the same target in the same transaction, so a
+        versioned subdomain keeps reaching this version after later deploys of ``worker``.
+        """
+        ...
+
+    async def rollback(
+        self, namespace: NamespaceName, worker: WorkerName, *, actor: str
+    ) -> Deployment:
+        """Deploy the previous version's target again as a new record (action ``rollback``);
+        ``WorkerNotFound`` if nothing is deployed, ``NothingToRollBack`` if there is no
+        previous version. Repeated rollbacks keep stepping back."""
+        ...
+
+    async def history(
+        self,
+        *,
+        namespace: NamespaceName | None = None,
+        worker: WorkerName | None = None,
+        limit: int = 50,
+    ) -> list[AuditEntry]:
+        """The audit trail, newest first, optionally for one namespace and/or worker name."""
         ...
 
     async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> None:

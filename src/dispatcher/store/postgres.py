@@ -39,6 +39,7 @@ from dispatcher.errors import (
     ConfigError,
     NamespaceNotEmpty,
     NamespaceNotFound,
+    NothingToRollBack,
     StoreError,
     StoreUnavailable,
     WorkerNotFound,
@@ -113,18 +114,47 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (namespace, name)
     );
     """,
+    # 2: version labels and rollback (see SQLiteStore's migration 2 for the backfill's rule).
+    """
+    ALTER TABLE deployments
+        ADD COLUMN version_label TEXT,
+        ADD COLUMN previous_version INTEGER,
+        ADD COLUMN restored_version INTEGER,
+        DROP CONSTRAINT deployments_action_check,
+        ADD CONSTRAINT deployments_action_check
+            CHECK (action IN ('deploy', 'undeploy', 'rollback'));
+    UPDATE deployments AS d SET previous_version = (
+        SELECT CASE WHEN p.action = 'deploy' THEN p.version END FROM deployments AS p
+        WHERE p.namespace = d.namespace AND p.worker = d.worker AND p.id < d.id
+        ORDER BY p.id DESC LIMIT 1
+    ) WHERE d.action = 'deploy';
+    """,
 )
 """Schema migrations, applied in order; ``schema_version`` counts how many have run."""
 
 # One statement, so the revision and the rows come from one snapshot without a transaction.
 _LOAD_NAMESPACE: Final = (
-    "SELECT m.value, w.name, d.version, d.target, d.at, d.actor, d.metadata "
+    "SELECT m.value, w.name, d.version, d.target, d.at, d.actor, d.metadata, d.version_label, "
+    "d.previous_version, d.revision "
     "FROM namespaces AS n JOIN meta AS m ON m.key = 'revision' "
     "LEFT JOIN workers AS w ON w.namespace = n.name "
     "LEFT JOIN deployments AS d ON d.id = w.deployment_id "
     "WHERE n.name = %s ORDER BY w.name"
 )
-_AUDIT_COLUMNS: Final = "revision, namespace, worker, action, version, target, actor, at, metadata"
+_CURRENT_ONE: Final = (
+    "SELECT d.version, d.previous_version FROM workers AS w JOIN deployments AS d "
+    "ON d.id = w.deployment_id WHERE w.namespace = %s AND w.name = %s"
+)
+# Versions are unique among deploy and rollback rows (an undeploy repeats the one it removed).
+_RESTORABLE: Final = (
+    "SELECT version, target, metadata, version_label, previous_version FROM deployments "
+    "WHERE namespace = %s AND worker = %s AND version = %s "
+    "AND action IN ('deploy', 'rollback') ORDER BY id DESC LIMIT 1"
+)
+_AUDIT_COLUMNS: Final = (
+    "revision, namespace, worker, action, version, target, actor, at, metadata, "
+    "version_label, restored_version"
+)
 
 _URL_PASSWORD: Final = re.compile(r"^(\w+://[^:@/?#]*):[^@]*@")
 _PARAMETER_PASSWORD: Final = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
@@ -268,10 +298,11 @@ class PostgresStore:
         """A cheap change check: the revision counter, one indexed row (as ``SQLiteStore``)."""
         return await self._read("data_version", _read_revision)
 
-    async def ensure_namespaces(self, names: Iterable[NamespaceName]) -> None:
+    async def ensure_namespaces(self, names: Iterable[NamespaceName]) -> list[NamespaceName]:
         wanted = sorted(set(names))
-        if wanted:
-            await self._write("ensure_namespaces", partial(_ensure_namespaces, names=wanted))
+        if not wanted:
+            return []
+        return await self._write("ensure_namespaces", partial(_ensure_namespaces, names=wanted))
 
     async def list_namespaces(self) -> list[NamespaceName]:
         return await self._read("list_namespaces", _list_namespaces)
@@ -287,13 +318,21 @@ class PostgresStore:
         *,
         actor: str,
         metadata: Mapping[str, str] | None = None,
+        version_label: str | None = None,
+        pinned: WorkerName | None = None,
     ) -> Deployment:
-        frozen = MappingProxyType(dict(metadata or {}))
-        record = partial(
-            _deploy, namespace=namespace, worker=worker, target=target, actor=actor, metadata=frozen
+        spec = _DeploySpec(
+            namespace, target, actor, MappingProxyType(dict(metadata or {})), version_label
         )
-        version, at = await self._write("deploy", record)
-        return Deployment(namespace, worker, version, target, at, actor, frozen)
+        return await self._write(
+            "deploy", partial(_deploy, spec=spec, worker=worker, pinned=pinned)
+        )
+
+    async def rollback(
+        self, namespace: NamespaceName, worker: WorkerName, *, actor: str
+    ) -> Deployment:
+        restore = partial(_rollback, namespace=namespace, worker=worker, actor=actor)
+        return await self._write("rollback", restore)
 
     async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> None:
         remove = partial(_undeploy, namespace=namespace, worker=worker, actor=actor)
@@ -437,6 +476,20 @@ class _AuditRow:
     target: Target | None
     actor: str
     metadata: Mapping[str, str]
+    version_label: str | None = None
+    previous_version: int | None = None
+    restored_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _DeploySpec:
+    """What one deploy writes, for the worker and for its pinned twin alike."""
+
+    namespace: NamespaceName
+    target: Target
+    actor: str
+    metadata: Mapping[str, str]
+    version_label: str | None
 
 
 class _UnreadableRow(Exception):
@@ -570,7 +623,9 @@ async def _require_namespace(connection: Connection, name: NamespaceName) -> Non
         raise NamespaceNotFound(f'namespace "{name}" does not exist in the registry store')
 
 
-async def _ensure_namespaces(connection: Connection, *, names: list[NamespaceName]) -> None:
+async def _ensure_namespaces(
+    connection: Connection, *, names: list[NamespaceName]
+) -> list[NamespaceName]:
     # Queue behind other writers first, as every write does, and bump only if one was new.
     await connection.execute("SELECT 1 FROM meta WHERE key = 'revision' FOR UPDATE")
     cursor = await connection.execute(
@@ -578,8 +633,10 @@ async def _ensure_namespaces(connection: Connection, *, names: list[NamespaceNam
         "ON CONFLICT (name) DO NOTHING RETURNING name",
         (names,),
     )
-    if await cursor.fetchall():
+    created = sorted(NamespaceName(name) for (name,) in await cursor.fetchall())
+    if created:
         await _bump_revision(connection)
+    return created
 
 
 async def _list_namespaces(connection: Connection) -> list[NamespaceName]:
@@ -591,9 +648,9 @@ async def _append_audit(connection: Connection, revision: int, row: _AuditRow) -
     """Append one audit row at ``revision``; returns its id and timestamp."""
     target = None if row.target is None else Jsonb(row.target.to_json())
     cursor = await connection.execute(
-        "INSERT INTO deployments "
-        "(revision, namespace, worker, action, version, target, actor, metadata) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id, at",
+        "INSERT INTO deployments (revision, namespace, worker, action, version, target, actor, "
+        "metadata, version_label, previous_version, restored_version) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id, at",
         (
             revision,
             row.namespace,
@@ -603,6 +660,9 @@ async def _append_audit(connection: Connection, revision: int, row: _AuditRow) -
             target,
             row.actor,
             Jsonb(dict(row.metadata)),
+            row.version_label,
+            row.previous_version,
+            row.restored_version,
         ),
     )
     row_id, at = await _one(cursor)
@@ -610,33 +670,100 @@ async def _append_audit(connection: Connection, revision: int, row: _AuditRow) -
 
 
 async def _deploy(
-    connection: Connection,
-    *,
-    namespace: NamespaceName,
-    worker: WorkerName,
-    target: Target,
-    actor: str,
-    metadata: Mapping[str, str],
-) -> tuple[int, str]:
-    """Returns the new version and its timestamp."""
+    connection: Connection, *, spec: _DeploySpec, worker: WorkerName, pinned: WorkerName | None
+) -> Deployment:
     revision = await _bump_revision(connection)
-    await _require_namespace(connection, namespace)
-    # Read after the revision lock, so the last writer's versions are visible (READ COMMITTED).
+    await _require_namespace(connection, spec.namespace)
+    if pinned is not None:
+        await _record_deploy(connection, revision, spec, pinned)
+    return await _record_deploy(connection, revision, spec, worker)
+
+
+async def _record_deploy(
+    connection: Connection, revision: int, spec: _DeploySpec, worker: WorkerName
+) -> Deployment:
+    """Append a deploy of ``worker`` at ``revision`` and make it current."""
+    # Read after the revision lock, so the last writer's rows are visible (READ COMMITTED).
+    cursor = await connection.execute(_CURRENT_ONE, (spec.namespace, worker))
+    current = await cursor.fetchone()
+    row = _AuditRow(
+        spec.namespace,
+        worker,
+        "deploy",
+        await _next_version(connection, spec.namespace, worker),
+        spec.target,
+        spec.actor,
+        spec.metadata,
+        spec.version_label,
+        previous_version=None if current is None else int(current[0]),
+    )
+    return await _make_current(connection, revision, row)
+
+
+async def _next_version(
+    connection: Connection, namespace: NamespaceName, worker: WorkerName
+) -> int:
     # The highest version ever recorded, undeploys included: versions are never reused.
     cursor = await connection.execute(
         "SELECT COALESCE(MAX(version), 0) + 1 FROM deployments "
         "WHERE namespace = %s AND worker = %s",
         (namespace, worker),
     )
-    version = int((await _one(cursor))[0])
-    audit = _AuditRow(namespace, worker, "deploy", version, target, actor, metadata)
-    row_id, at = await _append_audit(connection, revision, audit)
+    return int((await _one(cursor))[0])
+
+
+async def _make_current(connection: Connection, revision: int, row: _AuditRow) -> Deployment:
+    assert row.target is not None  # deploys and rollbacks always have one
+    row_id, at = await _append_audit(connection, revision, row)
     await connection.execute(
         "INSERT INTO workers (namespace, name, deployment_id) VALUES (%s, %s, %s) "
         "ON CONFLICT (namespace, name) DO UPDATE SET deployment_id = excluded.deployment_id",
-        (namespace, worker, row_id),
+        (row.namespace, row.worker, row_id),
     )
-    return version, at
+    return Deployment(
+        row.namespace,
+        row.worker,
+        row.version,
+        row.target,
+        at,
+        row.actor,
+        row.metadata,
+        row.version_label,
+        row.previous_version,
+        revision,
+    )
+
+
+async def _rollback(
+    connection: Connection, *, namespace: NamespaceName, worker: WorkerName, actor: str
+) -> Deployment:
+    revision = await _bump_revision(connection)
+    await _require_namespace(connection, namespace)
+    cursor = await connection.execute(_CURRENT_ONE, (namespace, worker))
+    current = await cursor.fetchone()
+    if current is None:
+        raise WorkerNotFound(f'worker "{worker}" is not deployed in namespace "{namespace}"')
+    version, previous = int(current[0]), current[1]
+    if previous is None:
+        raise NothingToRollBack(
+            f'worker "{worker}" in namespace "{namespace}" has no version before its current '
+            f"version {version} to roll back to"
+        )
+    cursor = await connection.execute(_RESTORABLE, (namespace, worker, previous))
+    restored_version, target, metadata, label, before = await _one(cursor)
+    row = _AuditRow(
+        namespace,
+        worker,
+        "rollback",
+        await _next_version(connection, namespace, worker),
+        _decode_target(target),
+        actor,
+        _decode_metadata(metadata),
+        label,
+        previous_version=before,
+        restored_version=int(restored_version),
+    )
+    return await _make_current(connection, revision, row)
 
 
 async def _undeploy(
@@ -726,7 +853,7 @@ def _format_time(value: datetime) -> str:
 
 
 def _deployment_from_row(namespace: NamespaceName, row: tuple[Any, ...]) -> Deployment:
-    worker, version, target, at, actor, metadata = row
+    worker, version, target, at, actor, metadata, label, previous, revision = row
     return Deployment(
         namespace=namespace,
         worker=WorkerName(worker),
@@ -735,11 +862,14 @@ def _deployment_from_row(namespace: NamespaceName, row: tuple[Any, ...]) -> Depl
         deployed_at=_format_time(at),
         actor=actor,
         metadata=_decode_metadata(metadata),
+        version_label=label,
+        previous_version=None if previous is None else int(previous),
+        revision=int(revision),
     )
 
 
 def _audit_entry_from_row(row: tuple[Any, ...]) -> AuditEntry:
-    revision, namespace, worker, action, version, target, actor, at, metadata = row
+    revision, namespace, worker, action, version, target, actor, at, metadata, label, restored = row
     return AuditEntry(
         revision=int(revision),
         namespace=NamespaceName(namespace),
@@ -750,6 +880,8 @@ def _audit_entry_from_row(row: tuple[Any, ...]) -> AuditEntry:
         actor=actor,
         at=_format_time(at),
         metadata=_decode_metadata(metadata),
+        version_label=label,
+        restored_version=None if restored is None else int(restored),
     )
 
 
@@ -758,6 +890,8 @@ def _decode_action(value: object) -> AuditAction:
         return "deploy"
     if value == "undeploy":
         return "undeploy"
+    if value == "rollback":
+        return "rollback"
     # The column's CHECK constraint admits nothing else; this keeps the type closed.
     raise _UnreadableRow(f"unknown audit action {value!r}")  # pragma: no cover
 

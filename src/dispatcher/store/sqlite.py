@@ -32,6 +32,7 @@ from dispatcher.errors import (
     ConfigError,
     NamespaceNotEmpty,
     NamespaceNotFound,
+    NothingToRollBack,
     StoreError,
     StoreUnavailable,
     WorkerNotFound,
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-AuditAction = Literal["deploy", "undeploy"]
+AuditAction = Literal["deploy", "undeploy", "rollback"]
 
 SYSTEM_ACTOR: Final = "system"
 """Who the audit trail names for changes the store makes on its own (forced namespace delete)."""
@@ -76,6 +77,19 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (namespace, name)
     );
     """,
+    # 2: version labels and rollback. previous_version is the version a rollback returns to;
+    # rows written before it get the version that was current when they were deployed (the
+    # worker's row just before, unless that was an undeploy), so old deploys roll back too.
+    """
+    ALTER TABLE deployments ADD COLUMN version_label TEXT;
+    ALTER TABLE deployments ADD COLUMN previous_version INTEGER;
+    ALTER TABLE deployments ADD COLUMN restored_version INTEGER;
+    UPDATE deployments SET previous_version = (
+        SELECT CASE WHEN p.action = 'deploy' THEN p.version END FROM deployments AS p
+        WHERE p.namespace = deployments.namespace AND p.worker = deployments.worker
+        AND p.id < deployments.id ORDER BY p.id DESC LIMIT 1
+    ) WHERE action = 'deploy';
+    """,
 )
 """Schema migrations, applied in order; ``schema_version`` counts how many have run."""
 
@@ -85,17 +99,36 @@ _SQLITE_LOCKED: Final = 6
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
 
-_CURRENT_SELECT: Final = (
-    "SELECT w.name, d.version, d.target, d.at, d.actor, d.metadata "
-    "FROM workers AS w JOIN deployments AS d ON d.id = w.deployment_id "
-    "WHERE w.namespace = ? ORDER BY w.name"
+_CURRENT_COLUMNS: Final = (
+    "w.name, d.version, d.target, d.at, d.actor, d.metadata, d.version_label, "
+    "d.previous_version, d.revision"
 )
-_AUDIT_COLUMNS: Final = "revision, namespace, worker, action, version, target, actor, at, metadata"
+_CURRENT_SELECT: Final = (
+    f"SELECT {_CURRENT_COLUMNS} FROM workers AS w JOIN deployments AS d "
+    "ON d.id = w.deployment_id WHERE w.namespace = ? ORDER BY w.name"
+)
+_CURRENT_ONE: Final = (
+    "SELECT d.version, d.previous_version FROM workers AS w JOIN deployments AS d "
+    "ON d.id = w.deployment_id WHERE w.namespace = ? AND w.name = ?"
+)
+# The version a rollback restores: versions are unique among deploy and rollback rows
+# (an undeploy row repeats the version it removed).
+_RESTORABLE: Final = (
+    "SELECT version, target, metadata, version_label, previous_version FROM deployments "
+    "WHERE namespace = ? AND worker = ? AND version = ? AND action IN ('deploy', 'rollback') "
+    "ORDER BY id DESC LIMIT 1"
+)
+_AUDIT_COLUMNS: Final = (
+    "revision, namespace, worker, action, version, target, actor, at, metadata, "
+    "version_label, restored_version"
+)
+_INSERT_COLUMNS: Final = f"{_AUDIT_COLUMNS}, previous_version"
 
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One row of the append-only audit trail: a deploy or an undeploy, at one revision."""
+    """One row of the append-only audit trail: a deploy, an undeploy or a rollback, at one
+    revision. A rollback names the version whose target it restored (``restored_version``)."""
 
     revision: int
     namespace: NamespaceName
@@ -106,6 +139,8 @@ class AuditEntry:
     actor: str
     at: str
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    version_label: str | None = None
+    restored_version: int | None = None
 
 
 class SQLiteStore:
@@ -169,10 +204,11 @@ class SQLiteStore:
         """
         return await self._run("data_version", _read_revision)
 
-    async def ensure_namespaces(self, names: Iterable[NamespaceName]) -> None:
+    async def ensure_namespaces(self, names: Iterable[NamespaceName]) -> list[NamespaceName]:
         wanted = sorted(set(names))
-        if wanted:
-            await self._write("ensure_namespaces", partial(_ensure_namespaces, names=wanted))
+        if not wanted:
+            return []
+        return await self._write("ensure_namespaces", partial(_ensure_namespaces, names=wanted))
 
     async def list_namespaces(self) -> list[NamespaceName]:
         return await self._run("list_namespaces", _list_namespaces)
@@ -188,13 +224,21 @@ class SQLiteStore:
         *,
         actor: str,
         metadata: Mapping[str, str] | None = None,
+        version_label: str | None = None,
+        pinned: WorkerName | None = None,
     ) -> Deployment:
-        frozen = MappingProxyType(dict(metadata or {}))
-        record = partial(
-            _deploy, namespace=namespace, worker=worker, target=target, actor=actor, metadata=frozen
+        spec = _DeploySpec(
+            namespace, target, actor, MappingProxyType(dict(metadata or {})), version_label
         )
-        version, at = await self._write("deploy", record)
-        return Deployment(namespace, worker, version, target, at, actor, frozen)
+        return await self._write(
+            "deploy", partial(_deploy, spec=spec, worker=worker, pinned=pinned)
+        )
+
+    async def rollback(
+        self, namespace: NamespaceName, worker: WorkerName, *, actor: str
+    ) -> Deployment:
+        restore = partial(_rollback, namespace=namespace, worker=worker, actor=actor)
+        return await self._write("rollback", restore)
 
     async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> None:
         remove = partial(_undeploy, namespace=namespace, worker=worker, actor=actor)
@@ -262,6 +306,20 @@ class _AuditRow:
     target: Target | None
     actor: str
     metadata: Mapping[str, str]
+    version_label: str | None = None
+    previous_version: int | None = None
+    restored_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _DeploySpec:
+    """What one deploy writes, for the worker and for its pinned twin alike."""
+
+    namespace: NamespaceName
+    target: Target
+    actor: str
+    metadata: Mapping[str, str]
+    version_label: str | None
 
 
 class _UnreadableRow(Exception):
@@ -443,15 +501,20 @@ def _require_namespace(connection: sqlite3.Connection, name: NamespaceName) -> N
         raise NamespaceNotFound(f'namespace "{name}" does not exist in the registry store')
 
 
-def _ensure_namespaces(connection: sqlite3.Connection, *, names: list[NamespaceName]) -> None:
+def _ensure_namespaces(
+    connection: sqlite3.Connection, *, names: list[NamespaceName]
+) -> list[NamespaceName]:
     at = _now()
-    before = connection.total_changes
-    connection.executemany(
-        "INSERT OR IGNORE INTO namespaces (name, created_at) VALUES (?, ?)",
-        [(name, at) for name in names],
-    )
-    if connection.total_changes != before:
+    created: list[NamespaceName] = []
+    for name in names:
+        cursor = connection.execute(
+            "INSERT OR IGNORE INTO namespaces (name, created_at) VALUES (?, ?)", (name, at)
+        )
+        if cursor.rowcount:
+            created.append(name)
+    if created:
         _bump_revision(connection)
+    return created
 
 
 def _list_namespaces(connection: sqlite3.Connection) -> list[NamespaceName]:
@@ -464,7 +527,7 @@ def _append_audit(connection: sqlite3.Connection, revision: int, row: _AuditRow)
     at = _now()
     target = None if row.target is None else json.dumps(row.target.to_json(), sort_keys=True)
     cursor = connection.execute(
-        f"INSERT INTO deployments ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO deployments ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             revision,
             row.namespace,
@@ -475,6 +538,9 @@ def _append_audit(connection: sqlite3.Connection, revision: int, row: _AuditRow)
             row.actor,
             at,
             json.dumps(dict(row.metadata), sort_keys=True),
+            row.version_label,
+            row.restored_version,
+            row.previous_version,
         ),
     )
     return int(cursor.lastrowid or 0), at
@@ -483,28 +549,105 @@ def _append_audit(connection: sqlite3.Connection, revision: int, row: _AuditRow)
 def _deploy(
     connection: sqlite3.Connection,
     *,
-    namespace: NamespaceName,
+    spec: _DeploySpec,
     worker: WorkerName,
-    target: Target,
-    actor: str,
-    metadata: Mapping[str, str],
-) -> tuple[int, str]:
-    """Returns the new version and its timestamp."""
-    _require_namespace(connection, namespace)
+    pinned: WorkerName | None,
+) -> Deployment:
+    _require_namespace(connection, spec.namespace)
+    revision = _bump_revision(connection)
+    if pinned is not None:
+        _record_deploy(connection, revision, spec, pinned)
+    return _record_deploy(connection, revision, spec, worker)
+
+
+def _record_deploy(
+    connection: sqlite3.Connection, revision: int, spec: _DeploySpec, worker: WorkerName
+) -> Deployment:
+    """Append a deploy of ``worker`` at ``revision`` and make it current."""
+    current = connection.execute(_CURRENT_ONE, (spec.namespace, worker)).fetchone()
+    version = _next_version(connection, spec.namespace, worker)
+    row = _AuditRow(
+        spec.namespace,
+        worker,
+        "deploy",
+        version,
+        spec.target,
+        spec.actor,
+        spec.metadata,
+        spec.version_label,
+        previous_version=None if current is None else int(current[0]),
+    )
+    return _make_current(connection, revision, row)
+
+
+def _next_version(
+    connection: sqlite3.Connection, namespace: NamespaceName, worker: WorkerName
+) -> int:
     # The highest version ever recorded, undeploys included: versions are never reused.
     (version,) = connection.execute(
         "SELECT COALESCE(MAX(version), 0) + 1 FROM deployments WHERE namespace = ? AND worker = ?",
         (namespace, worker),
     ).fetchone()
-    revision = _bump_revision(connection)
-    audit = _AuditRow(namespace, worker, "deploy", int(version), target, actor, metadata)
-    row_id, at = _append_audit(connection, revision, audit)
+    return int(version)
+
+
+def _make_current(connection: sqlite3.Connection, revision: int, row: _AuditRow) -> Deployment:
+    assert row.target is not None  # deploys and rollbacks always have one
+    row_id, at = _append_audit(connection, revision, row)
     connection.execute(
         "INSERT INTO workers (namespace, name, deployment_id) VALUES (?, ?, ?) "
         "ON CONFLICT (namespace, name) DO UPDATE SET deployment_id = excluded.deployment_id",
-        (namespace, worker, row_id),
+        (row.namespace, row.worker, row_id),
     )
-    return int(version), at
+    return Deployment(
+        row.namespace,
+        row.worker,
+        row.version,
+        row.target,
+        at,
+        row.actor,
+        row.metadata,
+        row.version_label,
+        row.previous_version,
+        revision,
+    )
+
+
+def _rollback(
+    connection: sqlite3.Connection, *, namespace: NamespaceName, worker: WorkerName, actor: str
+) -> Deployment:
+    _require_namespace(connection, namespace)
+    current = connection.execute(_CURRENT_ONE, (namespace, worker)).fetchone()
+    if current is None:
+        raise WorkerNotFound(f'worker "{worker}" is not deployed in namespace "{namespace}"')
+    version, previous = int(current[0]), current[1]
+    if previous is None:
+        raise NothingToRollBack(_nothing_to_roll_back(namespace, worker, version))
+    restored = connection.execute(_RESTORABLE, (namespace, worker, previous)).fetchone()
+    if restored is None:
+        raise _UnreadableRow(f"version {previous} of {namespace}/{worker} is not recorded")
+    restored_version, target, metadata, label, before = restored
+    revision = _bump_revision(connection)
+    row = _AuditRow(
+        namespace,
+        worker,
+        "rollback",
+        _next_version(connection, namespace, worker),
+        _decode_target(target),
+        actor,
+        _decode_metadata(metadata),
+        label,
+        previous_version=before,
+        restored_version=int(restored_version),
+    )
+    return _make_current(connection, revision, row)
+
+
+def _nothing_to_roll_back(namespace: NamespaceName, worker: WorkerName, version: int) -> str:
+    return (
+        f'worker "{worker}" in namespace "{namespace}" has no version before its current '
+        f"version {version} to roll back to"
+    )
 
 
 def _undeploy(
@@ -587,7 +730,7 @@ def _history(
 
 
 def _deployment_from_row(namespace: NamespaceName, row: tuple[Any, ...]) -> Deployment:
-    worker, version, target, at, actor, metadata = row
+    worker, version, target, at, actor, metadata, label, previous, revision = row
     return Deployment(
         namespace=namespace,
         worker=WorkerName(worker),
@@ -596,11 +739,14 @@ def _deployment_from_row(namespace: NamespaceName, row: tuple[Any, ...]) -> Depl
         deployed_at=at,
         actor=actor,
         metadata=_decode_metadata(metadata),
+        version_label=label,
+        previous_version=None if previous is None else int(previous),
+        revision=int(revision),
     )
 
 
 def _audit_entry_from_row(row: tuple[Any, ...]) -> AuditEntry:
-    revision, namespace, worker, action, version, target, actor, at, metadata = row
+    revision, namespace, worker, action, version, target, actor, at, metadata, label, restored = row
     return AuditEntry(
         revision=int(revision),
         namespace=NamespaceName(namespace),
@@ -611,6 +757,8 @@ def _audit_entry_from_row(row: tuple[Any, ...]) -> AuditEntry:
         actor=actor,
         at=at,
         metadata=_decode_metadata(metadata),
+        version_label=label,
+        restored_version=None if restored is None else int(restored),
     )
 
 
@@ -619,6 +767,8 @@ def _decode_action(value: object) -> AuditAction:
         return "deploy"
     if value == "undeploy":
         return "undeploy"
+    if value == "rollback":
+        return "rollback"
     raise _UnreadableRow(f"unknown audit action {value!r}")
 
 

@@ -1,0 +1,1 @@
+"""Peers of the upstream-proxy benchmark: Starlette proxy apps and nginx/HAProxy templates."""
