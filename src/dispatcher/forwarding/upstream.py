@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
+import struct
 from collections import Counter, deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
@@ -470,10 +472,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def cancel(self) -> None:
-        """The client went away: this exchange can never complete, so the socket goes."""
+        """The client went away: this exchange can never complete, so the socket goes, at
+        once (``close`` would wait to flush request bytes an upstream may never read)."""
         self._exchange = None
         self._finished = True
-        self._close()
+        self.pool.forget(self)
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            _reset(transport)
+        self._wake_drain()
         self._resolve()
 
     def _wake_drain(self) -> None:
@@ -485,6 +492,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         if self.transport is not None:
             self.transport.close()
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close with a reset: a plain close would leave request bytes the upstream never read
+    queued before the FIN, and the upstream's side open."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
 
 
 class _MalformedAnswer(Exception):

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import select
 from collections import deque
 from collections.abc import Coroutine
 from email.utils import formatdate
@@ -34,10 +36,12 @@ from dispatcher.errors import (
     HeadersTooLarge,
     InternalError,
     MethodNotAllowed,
+    NotImplementedCoding,
     PayloadTooLarge,
     RequestError,
     RequestTimeout,
     UriTooLong,
+    VersionNotSupported,
 )
 from dispatcher.http import (
     ClientDisconnected,
@@ -65,6 +69,10 @@ _TOKEN_CHARS: Final = (
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 _HOST_CACHE_SIZE: Final = 1024
+_GONE_EVENTS: Final = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
+_LATER_VERSION = re.compile(rb" HTTP/[2-9]\.[0-9]\r?\n")
+_TE_LINE = re.compile(rb"\ntransfer-encoding:[ \t]*([^\r\n]*?)[ \t]*(?=\r?\n)", re.IGNORECASE)
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _METHODS: Final = {
     m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 }
@@ -564,6 +572,8 @@ class HttpProtocol(asyncio.Protocol):
         "_is_advancing",
         "_lingering",
         "_is_chunked",
+        "_transfer_encoding",
+        "_in_trailers",
         "_upgrade",
         "_tunnel",
         "_upgrade_buffer",
@@ -603,6 +613,8 @@ class HttpProtocol(asyncio.Protocol):
         self._is_advancing = False
         self._lingering: asyncio.Transport | None = None
         self._is_chunked = False
+        self._transfer_encoding: bytes | None = None
+        self._in_trailers = False
         self._upgrade: bytes | None = None
         self._tunnel: TunnelPeer | None = None
         self._upgrade_buffer = b""
@@ -654,10 +666,33 @@ class HttpProtocol(asyncio.Protocol):
             offset = upgrade.args[0] if upgrade.args else len(data)
             self._on_upgrade(data[offset:])
         except httptools.HttpParserError as error:
-            self._fail(_request_error(error))
+            self._fail(self._parser_error(error, data))
         else:
             if self._deadline_kind == _HEAD and self._head_bytes > self._head_limit():
                 self._fail(HeadersTooLarge("request head is larger than the configured limit"))
+
+    def _parser_error(self, error: httptools.HttpParserError, data: bytes) -> RequestError:
+        """llhttp's refusals, with the status the checklist names where llhttp says 400: a
+        well-formed later HTTP version is a 505, a list of codings llhttp will not take
+        (``chunked, identity``) a 501."""
+        if error.__context__ is None:
+            if _LATER_VERSION.search(data) is not None:
+                return VersionNotSupported("only HTTP/1.1 and HTTP/1.0 are supported")
+            if str(error) == "Invalid `Transfer-Encoding` header value":
+                # llhttp refuses the value before our on_header sees it: read it from the
+                # bytes. One list of known-shaped codings is a 501; a repeat is a 400.
+                values = _TE_LINE.findall(data)
+                codings = [c.strip() for value in values for c in value.split(b",")]
+                if (
+                    len(values) == 1
+                    and codings.count(b"chunked") <= 1
+                    and all(_TOKEN.fullmatch(c) for c in codings)
+                ):
+                    return NotImplementedCoding(
+                        f"Transfer-Encoding {values[0].decode('latin-1')!r} is not supported "
+                        "(only chunked)"
+                    )
+        return _request_error(error)
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still read our answers: the requests it completed are
@@ -722,6 +757,8 @@ class HttpProtocol(asyncio.Protocol):
         self._content_length = None
         self._connection = None
         self._is_chunked = False
+        self._transfer_encoding = None
+        self._in_trailers = False
         self._upgrade = None
         if self._deadline_kind != _HEAD:  # armed by data_received on the first byte
             self._arm(_HEAD, self._limits.header_timeout)
@@ -743,6 +780,11 @@ class HttpProtocol(asyncio.Protocol):
             )
         if len(self._headers) >= limits.max_headers:
             raise HeadersTooLarge(f"more than {limits.max_headers} request headers")
+        if self._in_trailers or b"_" in name:
+            # Trailers are never merged into the head (aiohttp CVE-2025-53643 class), and a
+            # name with '_' is dropped as nginx does: a CGI-style upstream would read
+            # X_Forwarded_For as X-Forwarded-For.
+            return
         name = name.lower()
         self._headers.append((name, value))
         special = _SPECIAL_HEADERS.get(name)
@@ -761,14 +803,23 @@ class HttpProtocol(asyncio.Protocol):
             previous = self._connection
             self._connection = value if previous is None else previous + b", " + value
         elif special == _TRANSFER_ENCODING:
-            self._is_chunked = True  # llhttp refuses any coding but a final "chunked"
+            # Checked in _check_framing once the head is complete: llhttp would only refuse
+            # a bad coding when the body starts, after the request was dispatched.
+            self._is_chunked = True
+            previous = self._transfer_encoding
+            self._transfer_encoding = value if previous is None else previous + b"," + value
         else:
             self._upgrade = value
 
     def on_headers_complete(self) -> None:
         self._head_bytes = 0
+        self._in_trailers = True
         parser = self._parser
         version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            _refuse_version(version)
+        if self._transfer_encoding is not None:
+            self._check_framing(version)
         keep_alive = version == "1.1" and parser.should_keep_alive()
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
@@ -819,6 +870,8 @@ class HttpProtocol(asyncio.Protocol):
         question = target.find(b"?")
         raw_path = (target if question < 0 else target[:question]).decode("latin-1")
         query = b"" if question < 0 else target[question + 1 :]
+        if b"#" in query:
+            raise BadRequest("a request target never carries a #fragment")
         path = normalize_path(raw_path)
         if self._is_chunked:
             body_length = -1
@@ -872,6 +925,20 @@ class HttpProtocol(asyncio.Protocol):
         if self._expect.lower() != b"100-continue":
             raise ExpectationFailed("only 'Expect: 100-continue' is supported")
         return version == "1.1"
+
+    def _check_framing(self, version: str) -> None:
+        """RFC 9112 §6.1: the only coding we take is a lone, final ``chunked``."""
+        value = self._transfer_encoding or b""
+        codings = [c.strip().lower() for c in value.split(b",")]
+        if version == "1.0":
+            raise BadRequest("Transfer-Encoding on an HTTP/1.0 request")
+        if codings == [b"chunked"]:
+            return
+        if all(_TOKEN.fullmatch(c) for c in codings):
+            raise NotImplementedCoding(
+                f"Transfer-Encoding {value.decode('latin-1')!r} is not supported (only chunked)"
+            )
+        raise BadRequest("invalid Transfer-Encoding")
 
     def _head_limit(self) -> int:
         return self._limits.max_request_line + self._limits.max_header_bytes + 1024
@@ -998,6 +1065,16 @@ class HttpProtocol(asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Called by the listener's sweep; acts on an overdue head, body or idle wait."""
+        if (
+            self._is_reading_paused
+            and self.transport is not None
+            and _peer_has_left(self.transport)
+        ):
+            # While we do not read, the event loop cannot see the client reset or close:
+            # ask the socket, so an upstream exchange it was feeding is cancelled promptly.
+            self.is_client_gone = True
+            self.abort()
+            return
         kind = self._deadline_kind
         if kind == _NO_DEADLINE or now < self._deadline:
             return
@@ -1134,6 +1211,28 @@ class _ClientSide:
         transport = self._protocol.transport
         if transport is not None:
             transport.resume_reading()
+
+
+def _peer_has_left(transport: asyncio.Transport) -> bool:
+    """Whether the client reset or closed its side (POLLHUP/POLLERR/POLLRDHUP), without
+    reading from the socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    fd = sock.fileno()
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, _GONE_EVENTS)
+    return any(events & _GONE_EVENTS for _, events in poller.poll(0))
+
+
+def _refuse_version(version: str) -> None:
+    """HTTP/1.0 and 1.1 only: a later major version is a 505, anything else a 400."""
+    major = version.partition(".")[0]
+    if major.isdigit() and int(major) >= 2:
+        raise VersionNotSupported(f"HTTP/{version} is not supported (HTTP/1.1 and 1.0 are)")
+    raise BadRequest(f"unsupported request line (HTTP/{version})")
 
 
 def _address(value: object) -> tuple[str, int] | None:
