@@ -588,7 +588,7 @@ VALIDATION_ERRORS: Final = [
     (
         "d.toml",
         "[store]\npath = 'x.db'\n",
-        "store.path: unknown key (expected one of sync_interval, url)",
+        "store.path: unknown key (expected one of sync_interval, timeout, url)",
     ),
     # limits (the values themselves: test_limits_validation)
     ("d.toml", "[limits]\nmax_header = 10\n", "limits.max_header: unknown key"),

@@ -1,10 +1,11 @@
 """``DeployAPI``: the admin listener's ASGI app. The Deploy API (namespaces, workers,
-rollback, audit trail) and health, JSON in and out, described by an OpenAPI 3.1 document
-generated from the same route table. It talks to the store, never to the snapshot.
+rollback, audit trail), health and readiness, JSON in and out, described by an OpenAPI 3.1
+document generated from the same route table. It talks to the store, and to the replicas
+(``Replicas``) to wait until every dispatcher has applied a write; never to the snapshot.
 
 Example::
 
-    api = DeployAPI(store, auth, bindings=settings.bindings, served=settings.namespace)
+    api = DeployAPI(store, auth, replicas, bindings=settings.bindings, served=settings.namespace)
     listener = Listener(AppHandler(api), admin_limits)
     await listener.start("127.0.0.1", 8788)
 
@@ -46,7 +47,8 @@ from dispatcher.errors import (
     WorkerNotFound,
     WrongMethod,
 )
-from dispatcher.store import RegistryStore
+from dispatcher.replicas import Convergence, Replicas
+from dispatcher.store import RegistryStore, Replica
 from dispatcher.store.sqlite import AuditEntry
 from dispatcher.types import NamespaceName, Receive, Scope, Send, WorkerName
 from dispatcher.workers import (
@@ -71,6 +73,10 @@ MAX_HISTORY_LIMIT: Final = 1000
 MAX_METADATA_ENTRIES: Final = 64
 MAX_METADATA_VALUE: Final = 1024
 MAX_UPSTREAM_URLS: Final = 64
+DEFAULT_WAIT: Final = 2.0
+"""Seconds a write waits, by default, until every live replica has applied it."""
+MAX_WAIT: Final = 30.0
+_WAIT_VALUE: Final = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3})?", re.ASCII)
 VERSION_LABEL: Final = re.compile(r"[a-z0-9][a-z0-9.-]{0,30}", re.ASCII)
 METADATA_KEY: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}", re.ASCII)
 _NAME_PATTERN: Final = "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
@@ -111,6 +117,20 @@ class Reply:
 
 
 Handler = Callable[[Call], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a write handler returns: its reply, not yet encoded, and the revision that
+    recorded the write, which the replicas must reach before the reply goes out."""
+
+    status: int
+    body: dict[str, Any] | None
+    revision: int
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+WriteHandler = Callable[[Call], Awaitable[Written]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +222,7 @@ class DeployAPI:
     __slots__ = (
         "_store",
         "_auth",
+        "_replicas",
         "_failures",
         "_environments",
         "_served",
@@ -214,6 +235,7 @@ class DeployAPI:
         self,
         store: RegistryStore,
         auth: BearerTokenAuth,
+        replicas: Replicas,
         *,
         bindings: Mapping[str, NamespaceName],
         served: NamespaceName,
@@ -222,6 +244,7 @@ class DeployAPI:
     ) -> None:
         self._store = store
         self._auth = auth
+        self._replicas = replicas
         self._failures = failures if failures is not None else FailureLimiter()
         self._environments = {ns: binding.lower() for binding, ns in bindings.items()}
         self._served = served
@@ -347,22 +370,30 @@ class DeployAPI:
         return [
             Endpoint("GET", "/health", "health", "Liveness of the admin listener (no token).",
                      None, self._health, {200: ("The listener answers.", "Health")}),
+            Endpoint("GET", "/ready", "ready",
+                     "Readiness: the store answers and the namespace exists (no token).",
+                     None, self._ready,
+                     {200: ("Ready; the replicas sharing the store.", "Ready"),
+                      503: ("Degraded: serving the last snapshot, or no namespace.",
+                            "Degraded")}),
             Endpoint("GET", "/openapi.json", "openapi", "This OpenAPI document (no token).",
                      None, self._openapi_reply, {200: ("The OpenAPI 3.1 document.", None)}),
             Endpoint("GET", "/namespaces", "listNamespaces",
                      "The namespaces this token can see.", read, self._list_namespaces,
                      {200: ("The namespaces, sorted by name.", "NamespaceList")}),
             Endpoint("PUT", ns, "createNamespace", "Create a namespace (idempotent).", deploy,
-                     self._put_namespace,
-                     {201: ("Created.", "Namespace"), 200: ("It already existed.", "Namespace")},
-                     request="Empty", takes_body=True),
+                     self._converging(self._put_namespace),
+                     {201: ("Created.", "Namespace"), 200: ("It already existed.", "Namespace"),
+                      202: _not_converged("Namespace")},
+                     request="Empty", query=(_WAIT,), takes_body=True),
             Endpoint("DELETE", ns, "deleteNamespace",
                      "Delete a namespace; 409 while it holds workers unless force=true.", deploy,
-                     self._delete_namespace,
-                     {204: ("Deleted.", None), 404: ("No such namespace.", "Error"),
+                     self._converging(self._delete_namespace),
+                     {204: ("Deleted.", None), 202: _not_converged("Pending"),
+                      404: ("No such namespace.", "Error"),
                       409: ("It holds workers, or this dispatcher serves it.", "Error")},
                      query=(QueryParameter("force", {"type": "boolean", "default": False},
-                                           "Undeploy its workers first."),)),
+                                           "Undeploy its workers first."), _WAIT)),
             Endpoint("GET", ns + "/workers", "listWorkers",
                      "The current deployment of every worker in the namespace.", read,
                      self._list_workers,
@@ -374,24 +405,27 @@ class DeployAPI:
                       404: ("No such namespace, or the worker is not deployed.", "Error")}),
             Endpoint("PUT", worker, "deployWorker",
                      "Deploy a new version (and pin it as <worker>-<version> when labelled).",
-                     deploy, self._put_worker,
+                     deploy, self._converging(self._put_worker),
                      {201: ("The worker's first deployment.", "Deployment"),
                       200: ("A new version of a deployed worker.", "Deployment"),
+                      202: _not_converged("Deployment"),
                       404: ("No such namespace.", "Error"),
                       413: ("The body is larger than 1 MiB.", "Error"),
                       422: ("The body breaks the schema; the field is named.", "Error")},
-                     request="DeployRequest", takes_body=True),
+                     request="DeployRequest", query=(_WAIT,), takes_body=True),
             Endpoint("DELETE", worker, "undeployWorker", "Remove the worker from the namespace.",
-                     deploy, self._delete_worker,
-                     {204: ("Undeployed.", None),
-                      404: ("No such namespace, or the worker is not deployed.", "Error")}),
+                     deploy, self._converging(self._delete_worker),
+                     {204: ("Undeployed.", None), 202: _not_converged("Pending"),
+                      404: ("No such namespace, or the worker is not deployed.", "Error")},
+                     query=(_WAIT,)),
             Endpoint("POST", worker + "/rollback", "rollbackWorker",
                      "Deploy the previous version's target again, as a new version.", deploy,
-                     self._rollback,
+                     self._converging(self._rollback),
                      {200: ("The new deployment.", "Deployment"),
+                      202: _not_converged("Deployment"),
                       404: ("No such namespace, or the worker is not deployed.", "Error"),
                       409: ("There is no previous version.", "Error")},
-                     request="Empty", takes_body=True),
+                     request="Empty", query=(_WAIT,), takes_body=True),
             Endpoint("GET", "/deployments", "listDeployments",
                      "The audit trail, newest first.", read, self._deployments,
                      {200: ("Audit entries, newest first.", "AuditTrail")},
@@ -412,6 +446,35 @@ class DeployAPI:
     async def _health(self, call: Call) -> Reply:
         return Reply.json(200, {"status": "ok"})
 
+    async def _ready(self, call: Call) -> Reply:
+        readiness = await self._replicas.readiness()
+        body: dict[str, Any] = {
+            "status": "ready" if readiness.is_ready else "degraded",
+            "revision": readiness.revision,
+            "replica": readiness.replica,
+            "store": "ok" if readiness.store_reachable else "unavailable",
+            "replicas": [replica_json(r) for r in readiness.replicas],
+        }
+        if readiness.reason is not None:
+            body["reason"] = readiness.reason
+        return Reply.json(200 if readiness.is_ready else 503, body)
+
+    # --- writes wait for the replicas -----------------------------------------------------
+
+    def _converging(self, write: WriteHandler) -> Handler:
+        """``write``, then: apply it in this process at once, and wait up to ``?wait=``
+        seconds until every live replica has applied it (202 if the wait runs out)."""
+
+        async def handle(call: Call) -> Reply:
+            wait = _wait_param(call.query)
+            written = await write(call)
+            await self._replicas.apply_here()
+            if wait == 0:
+                return _plain_reply(written)
+            return _settled_reply(written, await self._replicas.converge(written.revision, wait))
+
+        return handle
+
     async def _openapi_reply(self, call: Call) -> Reply:
         return Reply(200, self._openapi)
 
@@ -420,7 +483,7 @@ class DeployAPI:
         names = [n for n in await self._store.list_namespaces() if credential.reaches(n)]
         return Reply.json(200, {"namespaces": [self._namespace_json(n) for n in names]})
 
-    async def _put_namespace(self, call: Call) -> Reply:
+    async def _put_namespace(self, call: Call) -> Written:
         namespace = _require(call.namespace)
         _parse_empty_object(call.body)
         created = await self._store.ensure_namespaces([namespace])
@@ -430,9 +493,11 @@ class DeployAPI:
             "created" if created else "kept",
             namespace,
         )
-        return Reply.json(201 if created else 200, self._namespace_json(namespace))
+        # Kept or created, what the replicas must reach is the revision now current.
+        revision = await self._store.revision()
+        return Written(201 if created else 200, self._namespace_json(namespace), revision)
 
-    async def _delete_namespace(self, call: Call) -> Reply:
+    async def _delete_namespace(self, call: Call) -> Written:
         namespace = _require(call.namespace)
         force = _boolean_param(call.query, "force")
         environment = self._environments.get(namespace)
@@ -442,9 +507,9 @@ class DeployAPI:
                 "dispatcher's configuration; unbind it there first",
                 field="namespace",
             )
-        await self._store.delete_namespace(namespace, force=force)
+        revision = await self._store.delete_namespace(namespace, force=force)
         logger.info("admin: %s deleted namespace %s (force=%s)", _actor(call), namespace, force)
-        return Reply(204)
+        return Written(204, None, revision)
 
     async def _list_workers(self, call: Call) -> Reply:
         namespace = _require(call.namespace)
@@ -461,7 +526,7 @@ class DeployAPI:
                 return Reply.json(200, deployment_json(deployment))
         raise _not_deployed(namespace, worker)
 
-    async def _put_worker(self, call: Call) -> Reply:
+    async def _put_worker(self, call: Call) -> Written:
         namespace, worker = _require(call.namespace), _require(call.worker)
         request = DeployRequest.from_json(_parse_json(call.body), worker)
         deployment = await self._store.deploy(
@@ -487,16 +552,16 @@ class DeployAPI:
             body["pinned_worker"] = request.pinned
         if deployment.previous_version is None:
             location = f"/namespaces/{namespace}/workers/{worker}"
-            return Reply.json(201, body, (("location", location),))
-        return Reply.json(200, body)
+            return Written(201, body, deployment.revision, (("location", location),))
+        return Written(200, body, deployment.revision)
 
-    async def _delete_worker(self, call: Call) -> Reply:
+    async def _delete_worker(self, call: Call) -> Written:
         namespace, worker = _require(call.namespace), _require(call.worker)
-        await self._store.undeploy(namespace, worker, actor=_actor(call))
+        revision = await self._store.undeploy(namespace, worker, actor=_actor(call))
         logger.info("admin: %s undeployed %s/%s", _actor(call), namespace, worker)
-        return Reply(204)
+        return Written(204, None, revision)
 
-    async def _rollback(self, call: Call) -> Reply:
+    async def _rollback(self, call: Call) -> Written:
         namespace, worker = _require(call.namespace), _require(call.worker)
         _parse_empty_object(call.body)
         deployment = await self._store.rollback(namespace, worker, actor=_actor(call))
@@ -512,7 +577,7 @@ class DeployAPI:
         body = deployment_json(deployment)
         if entry.version == deployment.version:  # else another write came in between
             body["restored_version"] = entry.restored_version
-        return Reply.json(200, body)
+        return Written(200, body, deployment.revision)
 
     async def _deployments(self, call: Call) -> Reply:
         credential = _require(call.credential)
@@ -751,6 +816,20 @@ def deployment_json(deployment: Deployment) -> dict[str, Any]:
     }
 
 
+def replica_json(replica: Replica) -> dict[str, Any]:
+    """A replica as ``/ready`` and the convergence fields of a write show it."""
+    return {
+        "id": replica.id,
+        "revision": replica.revision,
+        "host": replica.host,
+        "pid": replica.pid,
+        "started_at": replica.started_at,
+        "last_seen": replica.last_seen,
+        "age": round(replica.age, 3),
+        "info": dict(replica.details),
+    }
+
+
 def audit_json(entry: AuditEntry) -> dict[str, Any]:
     """An audit trail entry as the API returns it."""
     return {
@@ -896,6 +975,19 @@ def _boolean_param(query: Mapping[str, str], name: str) -> bool:
     return value == "true"
 
 
+def _wait_param(query: Mapping[str, str]) -> float:
+    value = query.get("wait")
+    if value is None:
+        return DEFAULT_WAIT
+    if _WAIT_VALUE.fullmatch(value) is None or float(value) > MAX_WAIT:
+        raise InvalidRequest(
+            f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, with at most 3 decimals "
+            f"(got {_shorten(value)!r})",
+            field="wait",
+        )
+    return float(value)
+
+
 def _limit_param(query: Mapping[str, str]) -> int:
     value = query.get("limit", str(DEFAULT_HISTORY_LIMIT))
     if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_HISTORY_LIMIT:
@@ -980,6 +1072,42 @@ def _too_large(limit: int) -> BodyTooLarge:
 
 def _error_reply(error: ApiError) -> Reply:
     return Reply.json(error.status, error.fields(), error.headers)
+
+
+def _plain_reply(written: Written) -> Reply:
+    headers = (*written.headers, ("dispatcher-revision", str(written.revision)))
+    if written.body is None:
+        return Reply(written.status, b"", headers)
+    return Reply.json(written.status, written.body, headers)
+
+
+def _settled_reply(written: Written, outcome: Convergence) -> Reply:
+    """The write's own answer when every live replica has applied it; else 202 Accepted:
+    committed, but not yet served everywhere (``pending_replicas``)."""
+    headers = (
+        *written.headers,
+        ("dispatcher-revision", str(written.revision)),
+        ("dispatcher-converged", "true" if outcome.converged else "false"),
+    )
+    replicas = [replica_json(r) for r in outcome.replicas]
+    if outcome.converged:
+        if written.body is None:
+            return Reply(written.status, b"", headers)
+        return Reply.json(
+            written.status, {**written.body, "converged": True, "replicas": replicas}, headers
+        )
+    base: dict[str, Any] = written.body or {"revision": written.revision}
+    pending = list(outcome.pending)
+    body = {**base, "converged": False, "pending_replicas": pending, "replicas": replicas}
+    if outcome.problem is not None:
+        body["convergence_problem"] = outcome.problem
+    logger.warning(
+        "admin: revision %d committed, but not applied by %s within the wait%s",
+        written.revision,
+        ", ".join(pending) or "every replica",
+        f" ({outcome.problem})" if outcome.problem else "",
+    )
+    return Reply.json(202, body, headers)
 
 
 def _internal_error(scope: Scope, exc: Exception) -> Reply:
@@ -1087,6 +1215,22 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_WAIT: Final = QueryParameter(
+    "wait",
+    {"type": "number", "minimum": 0, "maximum": MAX_WAIT, "default": DEFAULT_WAIT},
+    "Seconds to wait until every live replica has applied the write (202 when the wait runs "
+    "out); 0 answers at once.",
+)
+
+
+def _not_converged(schema: str) -> tuple[str, str]:
+    return (
+        "Committed, but some live replica had not applied it when the wait ran out "
+        "(pending_replicas).",
+        schema,
+    )
+
+
 _AUTH_RESPONSES: Final = {
     401: "No token, or an unknown one (WWW-Authenticate: Bearer).",
     403: "The token lacks the scope, or may not access the namespace.",
@@ -1095,6 +1239,18 @@ _AUTH_RESPONSES: Final = {
 }
 
 _TARGET_URL: Final = {"type": "string", "format": "uri", "pattern": "^https?://"}
+_CONVERGENCE: Final[dict[str, Any]] = {
+    "converged": {
+        "type": "boolean",
+        "description": "Every live replica had applied the write (absent with wait=0).",
+    },
+    "replicas": {"type": "array", "items": {"$ref": "#/components/schemas/Replica"}},
+    "pending_replicas": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "202 only: the live replicas that had not applied it yet.",
+    },
+}
 _STRINGS: Final = {"type": "object", "additionalProperties": {"type": "string"}}
 _SCHEMAS: Final[dict[str, Any]] = {
     "Error": {
@@ -1112,6 +1268,48 @@ _SCHEMAS: Final[dict[str, Any]] = {
         "required": ["status"],
         "properties": {"status": {"const": "ok"}},
     },
+    "Replica": {
+        "type": "object",
+        "required": ["id", "revision", "host", "pid", "started_at", "last_seen", "age"],
+        "properties": {
+            "id": {"type": "string", "examples": ["web-1:4242:9f3ab2c1"]},
+            "revision": {"type": "integer", "description": "The revision it has applied."},
+            "host": {"type": "string"},
+            "pid": {"type": "integer"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "last_seen": {"type": "string", "format": "date-time"},
+            "age": {"type": "number", "description": "Seconds since last seen (store clock)."},
+            "info": _STRINGS,
+        },
+    },
+    "Ready": {
+        "type": "object",
+        "required": ["status", "revision", "replica", "store", "replicas"],
+        "properties": {
+            "status": {"const": "ready"},
+            "revision": {"type": "integer", "description": "The revision this process serves."},
+            "replica": {"type": "string", "description": "This process's replica id."},
+            "store": {"const": "ok"},
+            "replicas": {"type": "array", "items": _ref("Replica")},
+        },
+    },
+    "Degraded": {
+        "type": "object",
+        "required": ["status", "reason", "revision", "replica", "store"],
+        "properties": {
+            "status": {"const": "degraded"},
+            "reason": {"type": "string"},
+            "revision": {"type": "integer"},
+            "replica": {"type": "string"},
+            "store": {"enum": ["ok", "unavailable"]},
+            "replicas": {"type": "array", "items": _ref("Replica")},
+        },
+    },
+    "Pending": {
+        "type": "object",
+        "required": ["revision", "converged", "pending_replicas", "replicas"],
+        "properties": {"revision": {"type": "integer"}, **_CONVERGENCE},
+    },
     "Empty": {"type": "object", "additionalProperties": False, "maxProperties": 0},
     "Namespace": {
         "type": "object",
@@ -1120,6 +1318,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "name": {"type": "string", "pattern": _NAME_PATTERN},
             "environment": {"type": ["string", "null"]},
             "serving": {"type": "boolean", "description": "This dispatcher serves it."},
+            **_CONVERGENCE,
         },
     },
     "NamespaceList": {
@@ -1193,6 +1392,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
                 "type": "integer",
                 "description": "Rollback only: the version whose target was deployed again.",
             },
+            **_CONVERGENCE,
         },
     },
     "WorkerList": {

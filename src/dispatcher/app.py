@@ -1,6 +1,6 @@
 """``running(settings)``: the composition root. Builds the store, the worker apps, the
-snapshot, the dispatcher, the watcher, the listener and the admin listener (Deploy API), and
-tears them down in reverse.
+snapshot, the dispatcher, the watcher, the replica heartbeat, the listener and the admin
+listener (Deploy API), and tears them down in reverse.
 
 Example::
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from dispatcher import __version__
 from dispatcher.admin import DeployAPI
 from dispatcher.auth import BearerTokenAuth, ensure_token_file
 from dispatcher.dispatch import Dispatcher
@@ -25,9 +26,16 @@ from dispatcher.errors import ListenFailed
 from dispatcher.forwarding.asgi import AppHandler, AppHost
 from dispatcher.forwarding.upstream import UpstreamHub
 from dispatcher.namespaces import Snapshot
+from dispatcher.replicas import Heartbeat, Replicas, new_replica_id, this_process
 from dispatcher.server.listeners import Listener
 from dispatcher.settings import Limits, Settings
-from dispatcher.store import RegistryStore, is_postgres_url, open_store, sqlite_path
+from dispatcher.store import (
+    RegistryStore,
+    ReplicaInfo,
+    is_postgres_url,
+    open_store,
+    sqlite_path,
+)
 from dispatcher.sync import SnapshotBuilder, SnapshotWatcher
 from dispatcher.types import ASGIApp, NamespaceName, WorkerName
 from dispatcher.workers import Target
@@ -49,6 +57,12 @@ class RunningDispatcher:
     listener: Listener
     watcher: SnapshotWatcher
     admin_listener: Listener
+    replicas: Replicas
+
+    @property
+    def replica_id(self) -> str:
+        """This process's replica id in the store (``host:pid:random``)."""
+        return self.replicas.heartbeat.replica_id
 
     @property
     def url(self) -> str:
@@ -77,7 +91,9 @@ async def running(
 ) -> AsyncIterator[RunningDispatcher]:
     """Start everything ``settings`` describes; ``apps`` preloads worker apps by import path."""
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings.store_url))
+        store = await stack.enter_async_context(
+            open_store(settings.store_url, timeout=settings.store_timeout)
+        )
         await store.ensure_namespaces(settings.bindings.values())
         await apply_declared_workers(store, settings.workers)
         if prepare is not None:
@@ -94,20 +110,33 @@ async def running(
             own_hosts=settings.own_hosts,
             accept_patterns=settings.route_patterns if settings.enforce_route_patterns else (),
         )
+        heartbeat = Heartbeat(
+            store, new_replica_id(), replica_info(settings), revision=snapshot.revision
+        )
+
+        def install(built: Snapshot) -> None:
+            dispatcher.snapshot = built
+            heartbeat.applied(built.revision)
+
         watcher = SnapshotWatcher(
             store,
             builder,
-            on_change=lambda s: setattr(dispatcher, "snapshot", s),
+            on_change=install,
             revision=snapshot.revision,
             interval=settings.sync_interval,
         )
+        # Registered before the listeners open, retired after they close: a write never
+        # counts as converged while a replica serves an older snapshot unseen.
+        await stack.enter_async_context(heartbeat)
         await stack.enter_async_context(watcher)
+        replicas = Replicas(store, heartbeat, watcher.refresh, lambda: dispatcher.snapshot)
         listener = Listener(dispatcher, settings.limits)
         await _start(listener, settings.host, settings.port, "")
         stack.push_async_callback(listener.stop, settings.limits.drain_timeout)
         api = DeployAPI(
             store,
             admin_auth(settings),
+            replicas,
             bindings=settings.bindings,
             served=settings.namespace,
             max_body_bytes=settings.admin.max_body_bytes,
@@ -115,6 +144,13 @@ async def running(
         admin_listener = Listener(AppHandler(api), admin_limits(settings))
         await _start(admin_listener, settings.admin.host, settings.admin.port, " (admin API)")
         stack.push_async_callback(admin_listener.stop, settings.limits.drain_timeout)
+        await heartbeat.describe(
+            replica_info(
+                settings,
+                listen=_address(settings.host, listener.port),
+                admin=_address(settings.admin.host, admin_listener.port),
+            )
+        )
         logger.info(
             "dispatcher serving %s on %s:%d (namespace %s, revision %d, %d workers)",
             settings.environment,
@@ -130,7 +166,20 @@ async def running(
             admin_listener.port,
             "tokens configured" if settings.admin.has_tokens else "generated token",
         )
-        yield RunningDispatcher(settings, store, dispatcher, listener, watcher, admin_listener)
+        yield RunningDispatcher(
+            settings, store, dispatcher, listener, watcher, admin_listener, replicas
+        )
+
+
+def replica_info(settings: Settings, **listeners: str) -> ReplicaInfo:
+    """What this process tells the other replicas about itself (``/ready`` shows it)."""
+    details = {
+        "version": __version__,
+        "environment": settings.environment,
+        "namespace": settings.namespace,
+        **listeners,
+    }
+    return this_process(details)
 
 
 def admin_auth(settings: Settings) -> BearerTokenAuth:

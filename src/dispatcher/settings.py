@@ -33,7 +33,12 @@ from dispatcher.auth import Credential, Secret, load_tokens_file, parse_env_toke
 from dispatcher.errors import BadRequest, ConfigError
 from dispatcher.normalize import normalize_host, normalize_path
 from dispatcher.routing import RouteTable, RoutingConfig
-from dispatcher.store import DEFAULT_STORE_URL, check_store_url, masked_store_url
+from dispatcher.store import (
+    DEFAULT_STORE_TIMEOUT,
+    DEFAULT_STORE_URL,
+    check_store_url,
+    masked_store_url,
+)
 from dispatcher.types import EnvironmentName, NamespaceName, ServiceName, WorkerName
 from dispatcher.workers import Target, parse_target, validate_name
 
@@ -109,6 +114,8 @@ _MIN_TIMEOUT: Final = 0.001
 _MAX_TIMEOUT: Final = 86400.0
 _MIN_SYNC_INTERVAL: Final = 0.01
 _MAX_SYNC_INTERVAL: Final = 60.0
+_MIN_STORE_TIMEOUT: Final = 0.05
+_MAX_STORE_TIMEOUT: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +290,8 @@ class Settings:
     workers: Mapping[NamespaceName, Mapping[WorkerName, Target]] = field(hash=False)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    store_timeout: float = DEFAULT_STORE_TIMEOUT
+    """``[store] timeout``: how long a store operation waits for a lock or a connection."""
 
     @classmethod
     def load(
@@ -308,7 +317,7 @@ class Settings:
         patterns = _parse_route_patterns(root)
         server, store = root.table("server"), root.table("store")
         server.reject_unknown(("host", "port"))
-        store.reject_unknown(("url", "sync_interval"))
+        store.reject_unknown(("url", "sync_interval", "timeout"))
         return cls(
             config_path=config_path,
             environment=_pick_environment(root, environ, bindings),
@@ -326,6 +335,9 @@ class Settings:
             workers=_parse_workers(root.table("workers"), bindings),
             proxy=_parse_proxy(root.table("proxy")),
             admin=_parse_admin(root.table("admin"), environ, admin_host, admin_port),
+            store_timeout=_seconds(
+                store, "timeout", DEFAULT_STORE_TIMEOUT, _MIN_STORE_TIMEOUT, _MAX_STORE_TIMEOUT
+            ),
         )
 
     @property

@@ -94,6 +94,7 @@ class SnapshotWatcher:
         "_task",
         "_listener",
         "_wake",
+        "_refreshing",
     )
 
     def __init__(
@@ -113,6 +114,7 @@ class SnapshotWatcher:
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._refreshing = asyncio.Lock()
 
     @property
     def revision(self) -> int:
@@ -142,13 +144,18 @@ class SnapshotWatcher:
                     pass
 
     async def refresh(self) -> bool:
-        """Install a new snapshot if the store moved on; True when one was installed."""
-        revision = await self._store.revision()
-        if revision == self._revision:
-            return False
-        snapshot = await self._builder.build(self._store)
-        self._revision = snapshot.revision
-        self._on_change(snapshot)
+        """Install a new snapshot if the store moved on; True when one was installed.
+
+        The follower calls it on every tick and notification, the Deploy API right after a
+        write; one at a time, so an older snapshot is never installed over a newer one.
+        """
+        async with self._refreshing:
+            revision = await self._store.revision()
+            if revision == self._revision:
+                return False
+            snapshot = await self._builder.build(self._store)
+            self._revision = snapshot.revision
+            self._on_change(snapshot)
         logger.info("registry revision %d applied", snapshot.revision)
         return True
 

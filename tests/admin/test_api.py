@@ -35,6 +35,13 @@ def error(status_title: str, code: str, message: str, field: str | None = None) 
     return body
 
 
+def without_convergence(body: dict[str, Any]) -> dict[str, Any]:
+    """A write's answer without "converged" and "replicas" (test_convergence.py's subject)."""
+    assert body.pop("converged") is True
+    assert len(body.pop("replicas")) == 1
+    return body
+
+
 def invalid(message: str, field: str) -> dict[str, str]:
     return error("Validation failed", "validation_failed", message, field)
 
@@ -44,9 +51,13 @@ def bad(message: str, field: str | None = None) -> dict[str, str]:
 
 
 def record(answer: Answer) -> dict[str, Any]:
-    """The body with its timestamp checked and removed."""
+    """The body with its timestamp checked and removed, and a write's convergence fields
+    (tests/admin/test_convergence.py covers those)."""
     body: dict[str, Any] = answer.json
     assert TIMESTAMP.fullmatch(body.pop("deployed_at"))
+    if "converged" in body:
+        assert body.pop("converged") is True
+        assert len(body.pop("replicas")) == 1
     return body
 
 
@@ -75,6 +86,7 @@ async def test_openapi_document_is_generated_from_the_route_table(admin: Api) ->
     assert sorted(operations) == sorted(
         [
             ("/health", "GET"),
+            ("/ready", "GET"),
             ("/openapi.json", "GET"),
             ("/namespaces", "GET"),
             ("/namespaces/{namespace}", "PUT"),
@@ -128,8 +140,8 @@ async def test_a_namespace_is_created_once_and_deleted(admin_any: Api) -> None:
     missing = await admin_any("DELETE", "/namespaces/team-a")
 
     team = {"name": "team-a", "environment": None, "serving": False}
-    assert (created.status, created.json) == (201, team)
-    assert (again.status, again.json) == (200, team)
+    assert (created.status, without_convergence(created.json)) == (201, team)
+    assert (again.status, without_convergence(again.json)) == (200, team)
     assert (deleted.status, deleted.body) == (204, b"")
     assert (missing.status, missing.json) == (
         404,

@@ -74,6 +74,9 @@ def test_deploy_json_with_env_and_metadata(dispatcher: RunningDispatcher) -> Non
 
     assert result.exit_code == 0
     printed = json.loads(result.output)
+    # The deploy's answer adds how the replicas converged (docs/deploy-api.md).
+    assert printed.pop("converged") is True
+    assert [r["id"] for r in printed.pop("replicas")] == [dispatcher.replica_id]
     assert printed == api(dispatcher, f"/namespaces/{STAGE}/workers/db")
     assert (printed["target"], printed["metadata"], printed["actor"]) == (
         {"url": [UPSTREAM, OTHER], "preserve_host": False},

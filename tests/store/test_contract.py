@@ -20,7 +20,8 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -40,9 +41,16 @@ from dispatcher.errors import (
     StoreUnavailable,
     WorkerNotFound,
 )
-from dispatcher.store import RegistryStore, check_store_url, open_store
+from dispatcher.store import (
+    RegistryStore,
+    Replica,
+    ReplicaId,
+    ReplicaInfo,
+    check_store_url,
+    open_store,
+)
 from dispatcher.store.postgres import PostgresStore
-from dispatcher.store.sqlite import AuditEntry, SQLiteStore
+from dispatcher.store.sqlite import REPLICA_RETENTION, AuditEntry, SQLiteStore
 from dispatcher.types import NamespaceName, WorkerName
 from dispatcher.workers import AppTarget, Deployment
 
@@ -56,8 +64,11 @@ TARGET_V1 = AppTarget("gateway.v1:app")
 TARGET_V2 = AppTarget("gateway.v2:app")
 TARGET_V3 = AppTarget("gateway.v3:app")
 GATEWAY_V2 = WorkerName("gateway-v2")
+WEB_1 = ReplicaId("web-1:4242:9f3ab2c1")
+WEB_2 = ReplicaId("web-2:77:0c1d2e3f")
+INFO = ReplicaInfo("web-1", 4242, {"environment": "production", "listen": "10.0.0.5:8787"})
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class ContractStore(RegistryStore, Protocol):
@@ -81,6 +92,9 @@ class Backend(Protocol):
 
     async def close_all(self) -> None: ...
 
+    def backdate_replica(self, replica_id: ReplicaId, seconds: float) -> None:
+        """Make the replica's last heartbeat ``seconds`` older, behind the store's back."""
+
 
 @dataclass
 class SQLiteBackend:
@@ -96,6 +110,18 @@ class SQLiteBackend:
         for store in self.opened:
             await store.close()
 
+    def backdate_replica(self, replica_id: ReplicaId, seconds: float) -> None:
+        with sqlite3.connect(self.path) as raw:
+            (seen,) = raw.execute(
+                "SELECT last_seen FROM replicas WHERE id = ?", (replica_id,)
+            ).fetchone()
+            moment = datetime.strptime(seen, "%Y-%m-%dT%H:%M:%S.%fZ") - timedelta(seconds=seconds)
+            raw.execute(
+                "UPDATE replicas SET last_seen = ? WHERE id = ?",
+                (moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), replica_id),
+            )
+        raw.close()
+
 
 @dataclass
 class PostgresBackend:
@@ -110,6 +136,14 @@ class PostgresBackend:
     async def close_all(self) -> None:
         for store in self.opened:
             await store.close()
+
+    def backdate_replica(self, replica_id: ReplicaId, seconds: float) -> None:
+        with psycopg.connect(self.url, autocommit=True) as raw:
+            raw.execute(
+                "UPDATE replicas SET last_seen = last_seen - make_interval(secs => %s) "
+                "WHERE id = %s",
+                (seconds, replica_id),
+            )
 
 
 BACKENDS = ["sqlite", "postgres"]
@@ -185,6 +219,9 @@ Operation = Callable[[ContractStore], Awaitable[object]]
             id="deploy-pinned",
         ),
         pytest.param(lambda s: s.rollback(PROD, GATEWAY, actor="ci"), 1, id="rollback"),
+        pytest.param(lambda s: s.heartbeat(WEB_1, 3, INFO), 0, id="heartbeat"),
+        pytest.param(lambda s: s.replicas(5.0), 0, id="replicas"),
+        pytest.param(lambda s: s.retire(WEB_1), 0, id="retire"),
     ],
 )
 async def test_each_change_bumps_the_revision_by_one(
@@ -710,12 +747,126 @@ async def test_concurrent_deploys_of_one_worker_get_distinct_versions(
     assert await stores[1].load_namespace(PROD) == (21, [last])
 
 
+@pytest.mark.parametrize(
+    "operation",
+    [
+        pytest.param(lambda s: s.undeploy(PROD, GATEWAY, actor="ci"), id="undeploy"),
+        pytest.param(lambda s: s.delete_namespace(EMPTY), id="delete-namespace"),
+        pytest.param(lambda s: s.delete_namespace(PROD, force=True), id="delete-forced"),
+    ],
+)
+async def test_removals_return_the_revision_that_recorded_them(
+    store: ContractStore, operation: Operation
+) -> None:
+    await store.ensure_namespaces([PROD, EMPTY])
+    await deploy(store)
+
+    revision = await operation(store)
+
+    assert revision == await store.revision() == 3
+
+
 async def test_close_is_idempotent_and_later_calls_fail(store: ContractStore) -> None:
     await store.close()
     await store.close()
 
     with pytest.raises(StoreError, match="^registry store is closed: "):
         await store.revision()
+
+
+# --- replicas ------------------------------------------------------------------------------
+
+
+def fresh(replica: Replica) -> Replica:
+    """The record with its times checked and set aside (they are the store's clock)."""
+    assert TIMESTAMP.fullmatch(replica.started_at)
+    assert TIMESTAMP.fullmatch(replica.last_seen)
+    assert 0 <= replica.age < 2
+    return replace(replica, started_at="", last_seen="", age=0.0)
+
+
+async def test_a_heartbeat_registers_a_live_replica(store: ContractStore) -> None:
+    await store.heartbeat(WEB_1, 7, INFO)
+
+    (replica,) = await store.replicas(live_within=5.0)
+
+    assert fresh(replica) == Replica(WEB_1, 7, "web-1", 4242, "", "", 0.0, INFO.details)
+    assert replica.started_at == replica.last_seen
+
+
+async def test_later_heartbeats_move_last_seen_keep_started_at_and_never_lower_the_revision(
+    store: ContractStore,
+) -> None:
+    await store.heartbeat(WEB_1, 7, INFO)
+    (first,) = await store.replicas(live_within=5.0)
+    await asyncio.sleep(0.01)
+    moved = ReplicaInfo("web-1", 4242, {"listen": "10.0.0.5:9000"})
+    await store.heartbeat(WEB_1, 5, moved)  # a late, out-of-order report
+
+    (later,) = await store.replicas(live_within=5.0)
+
+    assert (later.revision, later.started_at, later.details) == (7, first.started_at, moved.details)
+    assert later.last_seen > first.last_seen
+    await store.heartbeat(WEB_1, 9, moved)
+    assert [r.revision for r in await store.replicas(live_within=5.0)] == [9]
+
+
+async def test_replicas_are_live_within_the_window_and_sorted_by_id(
+    backend: Backend, store: ContractStore
+) -> None:
+    await store.heartbeat(WEB_2, 1, ReplicaInfo("web-2", 77))
+    await store.heartbeat(WEB_1, 2, INFO)
+    backend.backdate_replica(WEB_2, 10.0)
+
+    live = await store.replicas(live_within=5.0)
+    everyone = await store.replicas(live_within=60.0)
+
+    assert [r.id for r in live] == [WEB_1]
+    assert [(r.id, r.revision, r.host, r.pid, dict(r.details)) for r in everyone] == [
+        (WEB_1, 2, "web-1", 4242, dict(INFO.details)),
+        (WEB_2, 1, "web-2", 77, {}),
+    ]
+    assert 10.0 <= everyone[1].age < 12.0
+
+
+async def test_a_replica_silent_past_the_retention_is_dropped_by_the_next_heartbeat(
+    backend: Backend, store: ContractStore
+) -> None:
+    await store.heartbeat(WEB_2, 1, ReplicaInfo("web-2", 77))
+    backend.backdate_replica(WEB_2, REPLICA_RETENTION + 5)
+    assert [r.id for r in await store.replicas(live_within=2 * REPLICA_RETENTION)] == [WEB_2]
+
+    await store.heartbeat(WEB_1, 2, INFO)
+
+    assert [r.id for r in await store.replicas(live_within=2 * REPLICA_RETENTION)] == [WEB_1]
+
+
+async def test_a_retired_replica_is_forgotten_and_retiring_twice_is_harmless(
+    store: ContractStore,
+) -> None:
+    await store.heartbeat(WEB_1, 2, INFO)
+    await store.heartbeat(WEB_2, 2, INFO)
+
+    await store.retire(WEB_1)
+    await store.retire(WEB_1)
+
+    assert [r.id for r in await store.replicas(live_within=5.0)] == [WEB_2]
+
+
+async def test_a_heartbeat_is_seen_by_another_store_object(backend: Backend) -> None:
+    writer, reader = await backend.open(), await backend.open()
+
+    await writer.heartbeat(WEB_1, 3, INFO)
+
+    assert [(r.id, r.revision) for r in await reader.replicas(live_within=5.0)] == [(WEB_1, 3)]
+
+
+@pytest.mark.parametrize("window", [0.0, -1.0, float("nan")])
+async def test_replicas_refuses_a_window_that_is_not_positive(
+    store: ContractStore, window: float
+) -> None:
+    with pytest.raises(ValueError, match=r"^live_within must be > 0 seconds \(got "):
+        await store.replicas(live_within=window)
 
 
 # --- migration 2 keeps the data of a version 1 store ---------------------------------------
@@ -791,6 +942,8 @@ async def test_migration_2_keeps_a_version_1_store_and_can_roll_it_back(
         rolled = await store.rollback(PROD, GATEWAY, actor="ops")
         with pytest.raises(NothingToRollBack):
             await store.rollback(PROD, AUTH, actor="ops")
+        await store.heartbeat(WEB_1, 7, INFO)  # migration 3 added the replica table
+        replicas = [(r.id, r.revision) for r in await store.replicas(live_within=5.0)]
     finally:
         await opened.close_all()
 
@@ -807,6 +960,7 @@ async def test_migration_2_keeps_a_version_1_store_and_can_roll_it_back(
         (GATEWAY, 2, 1, None),
     ]
     assert (rolled.version, rolled.target, rolled.revision) == (3, TARGET_V1, 7)
+    assert replicas == [(WEB_1, 7)]
 
 
 # --- SQLite only ---------------------------------------------------------------------------
@@ -925,7 +1079,7 @@ def claim_a_future_schema(path: Path) -> None:
         (corrupt_the_index, "registry store is corrupt: {path} (quick_check: "),
         (
             claim_a_future_schema,
-            "registry store schema version 99 is newer than this dispatcher supports (2): {path}",
+            "registry store schema version 99 is newer than this dispatcher supports (3): {path}",
         ),
     ],
 )
@@ -1247,7 +1401,7 @@ async def test_postgres_refuses_a_newer_schema(pg_url: str, admin: Admin) -> Non
         await PostgresStore.open(pg_url)
 
     assert str(raised.value) == (
-        "registry store schema version 99 is newer than this dispatcher supports (2): "
+        "registry store schema version 99 is newer than this dispatcher supports (3): "
         f"{where(pg_url)}"
     )
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Final, Protocol
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, NewType, Protocol
 
 from dispatcher.errors import ConfigError
 from dispatcher.types import NamespaceName, WorkerName
@@ -19,6 +21,37 @@ from dispatcher.workers import Deployment, Target
 
 if TYPE_CHECKING:
     from dispatcher.store.sqlite import AuditEntry
+
+ReplicaId = NewType("ReplicaId", str)
+"""One dispatcher process sharing the store: ``host:pid:random`` (``web-1:4242:9f3ab2c1``)."""
+
+DEFAULT_STORE_TIMEOUT: Final = 5.0
+"""Seconds an operation waits for a connection or a lock before ``StoreUnavailable``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaInfo:
+    """What a replica says about itself in each heartbeat: where it runs, and ``details``
+    (environment, namespace, listen addresses, version) for people reading ``/ready``."""
+
+    host: str
+    pid: int
+    details: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """A replica as the store last saw it. Times are the store's clock (UTC text); ``age`` is
+    how many seconds ago, by that same clock, so no two machines' clocks are compared."""
+
+    id: ReplicaId
+    revision: int
+    host: str
+    pid: int
+    started_at: str
+    last_seen: str
+    age: float
+    details: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 class RegistryStore(Protocol):
@@ -40,8 +73,9 @@ class RegistryStore(Protocol):
         """All namespace names, sorted."""
         ...
 
-    async def delete_namespace(self, name: NamespaceName, *, force: bool = False) -> None:
-        """Remove a namespace; ``NamespaceNotEmpty`` unless it is empty or ``force``."""
+    async def delete_namespace(self, name: NamespaceName, *, force: bool = False) -> int:
+        """Remove a namespace and return the revision that recorded it; ``NamespaceNotEmpty``
+        unless it is empty or ``force``."""
         ...
 
     async def deploy(
@@ -80,12 +114,29 @@ class RegistryStore(Protocol):
         """The audit trail, newest first, optionally for one namespace and/or worker name."""
         ...
 
-    async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> None:
-        """Remove the worker from the namespace; ``WorkerNotFound`` if it is not there."""
+    async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> int:
+        """Remove the worker from the namespace and return the revision that recorded it;
+        ``WorkerNotFound`` if it is not there."""
         ...
 
     async def load_namespace(self, namespace: NamespaceName) -> tuple[int, list[Deployment]] | None:
         """The revision and the current deployments, or ``None`` if the namespace is missing."""
+        ...
+
+    async def heartbeat(self, replica_id: ReplicaId, revision: int, info: ReplicaInfo) -> None:
+        """Record that ``replica_id`` serves ``revision``, seen now by the store's clock.
+
+        The one write that does not bump the revision: replicas report, they change nothing.
+        A replica's recorded revision never goes down. Rows not seen for an hour are dropped.
+        """
+        ...
+
+    async def replicas(self, live_within: float) -> list[Replica]:
+        """The replicas seen within the last ``live_within`` seconds, sorted by id."""
+        ...
+
+    async def retire(self, replica_id: ReplicaId) -> None:
+        """Forget a replica that stops cleanly, so nobody waits for it until it ages out."""
         ...
 
     async def close(self) -> None:
@@ -101,27 +152,31 @@ POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 
 
 @asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[RegistryStore]:
+async def open_store(
+    url: str, *, timeout: float = DEFAULT_STORE_TIMEOUT
+) -> AsyncIterator[RegistryStore]:
     """Open the store a URL names and close it after.
 
     ``postgresql://`` and ``postgres://`` open a ``PostgresStore``; ``sqlite:///path`` or a bare
     file path open a ``SQLiteStore``. Each backend is imported only when it is used.
+    ``timeout`` bounds each wait for a lock (SQLite's busy timeout, PostgreSQL's
+    ``lock_timeout``) and, with PostgreSQL, for a connection.
     """
-    store = await _open(url)
+    store = await _open(url, timeout)
     try:
         yield store
     finally:
         await store.close()
 
 
-async def _open(url: str) -> RegistryStore:
+async def _open(url: str, timeout: float) -> RegistryStore:
     if is_postgres_url(url):
         from dispatcher.store.postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        return await PostgresStore.open(url, connect_timeout=timeout, lock_timeout=timeout)
     from dispatcher.store.sqlite import SQLiteStore
 
-    return await SQLiteStore.open(sqlite_path(url))
+    return await SQLiteStore.open(sqlite_path(url), busy_timeout=timeout)
 
 
 def is_postgres_url(url: str) -> bool:

@@ -44,7 +44,8 @@ from dispatcher.errors import (
     StoreUnavailable,
     WorkerNotFound,
 )
-from dispatcher.store.sqlite import SYSTEM_ACTOR, AuditAction, AuditEntry
+from dispatcher.store import Replica, ReplicaId, ReplicaInfo
+from dispatcher.store.sqlite import REPLICA_RETENTION, SYSTEM_ACTOR, AuditAction, AuditEntry
 from dispatcher.types import NamespaceName, WorkerName
 from dispatcher.workers import Deployment, Target, target_from_json
 
@@ -128,6 +129,19 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         WHERE p.namespace = d.namespace AND p.worker = d.worker AND p.id < d.id
         ORDER BY p.id DESC LIMIT 1
     ) WHERE d.action = 'deploy';
+    """,
+    # 3: replica heartbeats, timed by the database's clock so no two machines' clocks meet.
+    """
+    CREATE TABLE replicas (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        revision BIGINT NOT NULL,
+        last_seen TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+        started_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        info JSONB NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX replicas_by_last_seen ON replicas (last_seen);
     """,
 )
 """Schema migrations, applied in order; ``schema_version`` counts how many have run."""
@@ -307,8 +321,10 @@ class PostgresStore:
     async def list_namespaces(self) -> list[NamespaceName]:
         return await self._read("list_namespaces", _list_namespaces)
 
-    async def delete_namespace(self, name: NamespaceName, *, force: bool = False) -> None:
-        await self._write("delete_namespace", partial(_delete_namespace, name=name, force=force))
+    async def delete_namespace(self, name: NamespaceName, *, force: bool = False) -> int:
+        return await self._write(
+            "delete_namespace", partial(_delete_namespace, name=name, force=force)
+        )
 
     async def deploy(
         self,
@@ -334,9 +350,9 @@ class PostgresStore:
         restore = partial(_rollback, namespace=namespace, worker=worker, actor=actor)
         return await self._write("rollback", restore)
 
-    async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> None:
+    async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> int:
         remove = partial(_undeploy, namespace=namespace, worker=worker, actor=actor)
-        await self._write("undeploy", remove)
+        return await self._write("undeploy", remove)
 
     async def load_namespace(self, namespace: NamespaceName) -> tuple[int, list[Deployment]] | None:
         return await self._read("load_namespace", partial(_load_namespace, namespace=namespace))
@@ -353,6 +369,19 @@ class PostgresStore:
             raise ValueError(f"limit must be at least 1 (got {limit})")
         query = partial(_history, namespace=namespace, worker=worker, limit=limit)
         return await self._read("history", query)
+
+    async def heartbeat(self, replica_id: ReplicaId, revision: int, info: ReplicaInfo) -> None:
+        await self._write(
+            "heartbeat", partial(_heartbeat, replica_id=replica_id, revision=revision, info=info)
+        )
+
+    async def replicas(self, live_within: float) -> list[Replica]:
+        if not live_within > 0:
+            raise ValueError(f"live_within must be > 0 seconds (got {live_within})")
+        return await self._read("replicas", partial(_replicas, live_within=live_within))
+
+    async def retire(self, replica_id: ReplicaId) -> None:
+        await self._write("retire", partial(_retire, replica_id=replica_id))
 
     async def listen(self) -> AsyncGenerator[int, None]:
         """Revisions as they commit, from any process, until the store is closed.
@@ -768,7 +797,7 @@ async def _rollback(
 
 async def _undeploy(
     connection: Connection, *, namespace: NamespaceName, worker: WorkerName, actor: str
-) -> None:
+) -> int:
     revision = await _bump_revision(connection)
     await _require_namespace(connection, namespace)
     cursor = await connection.execute(
@@ -784,9 +813,10 @@ async def _undeploy(
     await connection.execute(
         "DELETE FROM workers WHERE namespace = %s AND name = %s", (namespace, worker)
     )
+    return revision
 
 
-async def _delete_namespace(connection: Connection, *, name: NamespaceName, force: bool) -> None:
+async def _delete_namespace(connection: Connection, *, name: NamespaceName, force: bool) -> int:
     revision = await _bump_revision(connection)
     await _require_namespace(connection, name)
     cursor = await connection.execute(
@@ -807,6 +837,7 @@ async def _delete_namespace(connection: Connection, *, name: NamespaceName, forc
         await _append_audit(connection, revision, audit)
     # ON DELETE CASCADE removes the namespace's rows in workers.
     await connection.execute("DELETE FROM namespaces WHERE name = %s", (name,))
+    return revision
 
 
 async def _load_namespace(
@@ -842,6 +873,39 @@ async def _history(
         (*parameters, limit),
     )
     return [_audit_entry_from_row(row) for row in await cursor.fetchall()]
+
+
+async def _heartbeat(
+    connection: Connection, *, replica_id: ReplicaId, revision: int, info: ReplicaInfo
+) -> None:
+    # No revision lock and no NOTIFY: a heartbeat never waits behind a deploy, nor wakes anyone.
+    # statement_timestamp(), not clock_timestamp(): one instant for both columns of a new row.
+    await connection.execute(
+        "INSERT INTO replicas (id, revision, host, pid, info, last_seen, started_at) "
+        "VALUES (%s, %s, %s, %s, %s, statement_timestamp(), statement_timestamp()) "
+        "ON CONFLICT (id) DO UPDATE SET revision = GREATEST(replicas.revision, excluded.revision), "
+        "last_seen = excluded.last_seen, host = excluded.host, pid = excluded.pid, "
+        "info = excluded.info",
+        (replica_id, revision, info.host, info.pid, Jsonb(dict(info.details))),
+    )
+    await connection.execute(
+        "DELETE FROM replicas WHERE last_seen < clock_timestamp() - make_interval(secs => %s)",
+        (REPLICA_RETENTION,),
+    )
+
+
+async def _replicas(connection: Connection, *, live_within: float) -> list[Replica]:
+    cursor = await connection.execute(
+        "SELECT id, revision, host, pid, started_at, last_seen, "
+        "EXTRACT(EPOCH FROM clock_timestamp() - last_seen)::float8, info FROM replicas "
+        "WHERE last_seen >= clock_timestamp() - make_interval(secs => %s) ORDER BY id",
+        (live_within,),
+    )
+    return [_replica_from_row(row) for row in await cursor.fetchall()]
+
+
+async def _retire(connection: Connection, *, replica_id: ReplicaId) -> None:
+    await connection.execute("DELETE FROM replicas WHERE id = %s", (replica_id,))
 
 
 # --- decoding rows -------------------------------------------------------------------------
@@ -882,6 +946,20 @@ def _audit_entry_from_row(row: tuple[Any, ...]) -> AuditEntry:
         metadata=_decode_metadata(metadata),
         version_label=label,
         restored_version=None if restored is None else int(restored),
+    )
+
+
+def _replica_from_row(row: tuple[Any, ...]) -> Replica:
+    replica_id, revision, host, pid, started_at, last_seen, age, info = row
+    return Replica(
+        id=ReplicaId(replica_id),
+        revision=int(revision),
+        host=host,
+        pid=int(pid),
+        started_at=_format_time(started_at),
+        last_seen=_format_time(last_seen),
+        age=max(0.0, float(age)),
+        details=_decode_metadata(info),
     )
 
 

@@ -23,7 +23,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal, TypeVar
@@ -37,6 +37,7 @@ from dispatcher.errors import (
     StoreUnavailable,
     WorkerNotFound,
 )
+from dispatcher.store import Replica, ReplicaId, ReplicaInfo
 from dispatcher.types import NamespaceName, WorkerName
 from dispatcher.workers import Deployment, Target, target_from_json
 
@@ -90,14 +91,33 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         AND p.id < deployments.id ORDER BY p.id DESC LIMIT 1
     ) WHERE action = 'deploy';
     """,
+    # 3: replica heartbeats. Times are text in _now()'s fixed-width form, so they compare
+    # as strings; the clock is the machine's, which every process sharing the file shares.
+    """
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        last_seen TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        info TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX replicas_by_last_seen ON replicas (last_seen);
+    """,
 )
 """Schema migrations, applied in order; ``schema_version`` counts how many have run."""
+
+REPLICA_RETENTION: Final = 3600.0
+"""Seconds after which a replica that stopped heartbeating is dropped from the table."""
 
 # Primary result codes (https://sqlite.org/rescode.html); the low byte of extended codes.
 _SQLITE_BUSY: Final = 5
 _SQLITE_LOCKED: Final = 6
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
+
+_TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 _CURRENT_COLUMNS: Final = (
     "w.name, d.version, d.target, d.at, d.actor, d.metadata, d.version_label, "
@@ -213,8 +233,10 @@ class SQLiteStore:
     async def list_namespaces(self) -> list[NamespaceName]:
         return await self._run("list_namespaces", _list_namespaces)
 
-    async def delete_namespace(self, name: NamespaceName, *, force: bool = False) -> None:
-        await self._write("delete_namespace", partial(_delete_namespace, name=name, force=force))
+    async def delete_namespace(self, name: NamespaceName, *, force: bool = False) -> int:
+        return await self._write(
+            "delete_namespace", partial(_delete_namespace, name=name, force=force)
+        )
 
     async def deploy(
         self,
@@ -240,9 +262,9 @@ class SQLiteStore:
         restore = partial(_rollback, namespace=namespace, worker=worker, actor=actor)
         return await self._write("rollback", restore)
 
-    async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> None:
+    async def undeploy(self, namespace: NamespaceName, worker: WorkerName, *, actor: str) -> int:
         remove = partial(_undeploy, namespace=namespace, worker=worker, actor=actor)
-        await self._write("undeploy", remove)
+        return await self._write("undeploy", remove)
 
     async def load_namespace(self, namespace: NamespaceName) -> tuple[int, list[Deployment]] | None:
         return await self._read("load_namespace", partial(_load_namespace, namespace=namespace))
@@ -260,6 +282,19 @@ class SQLiteStore:
             raise ValueError(f"limit must be at least 1 (got {limit})")
         query = partial(_history, namespace=namespace, worker=worker, limit=limit)
         return await self._run("history", query)
+
+    async def heartbeat(self, replica_id: ReplicaId, revision: int, info: ReplicaInfo) -> None:
+        await self._write(
+            "heartbeat", partial(_heartbeat, replica_id=replica_id, revision=revision, info=info)
+        )
+
+    async def replicas(self, live_within: float) -> list[Replica]:
+        if not live_within > 0:
+            raise ValueError(f"live_within must be > 0 seconds (got {live_within})")
+        return await self._read("replicas", partial(_replicas, live_within=live_within))
+
+    async def retire(self, replica_id: ReplicaId) -> None:
+        await self._write("retire", partial(_retire, replica_id=replica_id))
 
     async def close(self) -> None:
         if self._closed:
@@ -478,7 +513,11 @@ def _close_connection(connection: sqlite3.Connection) -> None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _format_time(datetime.now(UTC))
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.strftime(_TIME_FORMAT)
 
 
 def _read_revision(connection: sqlite3.Connection) -> int:
@@ -656,7 +695,7 @@ def _undeploy(
     namespace: NamespaceName,
     worker: WorkerName,
     actor: str,
-) -> None:
+) -> int:
     _require_namespace(connection, namespace)
     row = connection.execute(
         "SELECT d.version FROM workers AS w JOIN deployments AS d ON d.id = w.deployment_id "
@@ -669,9 +708,10 @@ def _undeploy(
     audit = _AuditRow(namespace, worker, "undeploy", int(row[0]), None, actor, {})
     _append_audit(connection, revision, audit)
     connection.execute("DELETE FROM workers WHERE namespace = ? AND name = ?", (namespace, worker))
+    return revision
 
 
-def _delete_namespace(connection: sqlite3.Connection, *, name: NamespaceName, force: bool) -> None:
+def _delete_namespace(connection: sqlite3.Connection, *, name: NamespaceName, force: bool) -> int:
     _require_namespace(connection, name)
     current = connection.execute(
         "SELECT w.name, d.version FROM workers AS w JOIN deployments AS d "
@@ -691,6 +731,7 @@ def _delete_namespace(connection: sqlite3.Connection, *, name: NamespaceName, fo
         _append_audit(connection, revision, audit)
     connection.execute("DELETE FROM workers WHERE namespace = ?", (name,))
     connection.execute("DELETE FROM namespaces WHERE name = ?", (name,))
+    return revision
 
 
 def _load_namespace(
@@ -724,6 +765,45 @@ def _history(
         (*parameters, limit),
     ).fetchall()
     return [_audit_entry_from_row(row) for row in rows]
+
+
+def _heartbeat(
+    connection: sqlite3.Connection, *, replica_id: ReplicaId, revision: int, info: ReplicaInfo
+) -> None:
+    now = datetime.now(UTC)
+    seen = _format_time(now)
+    connection.execute(
+        "INSERT INTO replicas (id, revision, last_seen, started_at, host, pid, info) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+        "revision = MAX(replicas.revision, excluded.revision), last_seen = excluded.last_seen, "
+        "host = excluded.host, pid = excluded.pid, info = excluded.info",
+        (
+            replica_id,
+            revision,
+            seen,
+            seen,
+            info.host,
+            info.pid,
+            json.dumps(dict(info.details), sort_keys=True),
+        ),
+    )
+    forgotten = _format_time(now - timedelta(seconds=REPLICA_RETENTION))
+    connection.execute("DELETE FROM replicas WHERE last_seen < ?", (forgotten,))
+
+
+def _replicas(connection: sqlite3.Connection, *, live_within: float) -> list[Replica]:
+    now = datetime.now(UTC)
+    cutoff = _format_time(now - timedelta(seconds=live_within))
+    rows = connection.execute(
+        "SELECT id, revision, host, pid, started_at, last_seen, info FROM replicas "
+        "WHERE last_seen >= ? ORDER BY id",
+        (cutoff,),
+    ).fetchall()
+    return [_replica_from_row(row, now) for row in rows]
+
+
+def _retire(connection: sqlite3.Connection, *, replica_id: ReplicaId) -> None:
+    connection.execute("DELETE FROM replicas WHERE id = ?", (replica_id,))
 
 
 # --- decoding rows -------------------------------------------------------------------------
@@ -760,6 +840,28 @@ def _audit_entry_from_row(row: tuple[Any, ...]) -> AuditEntry:
         version_label=label,
         restored_version=None if restored is None else int(restored),
     )
+
+
+def _replica_from_row(row: tuple[Any, ...], now: datetime) -> Replica:
+    replica_id, revision, host, pid, started_at, last_seen, info = row
+    age = (now - _parse_time(last_seen)).total_seconds()
+    return Replica(
+        id=ReplicaId(replica_id),
+        revision=int(revision),
+        host=host,
+        pid=int(pid),
+        started_at=started_at,
+        last_seen=last_seen,
+        age=max(0.0, age),
+        details=_decode_metadata(info),
+    )
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise _UnreadableRow(f"time {text!r}: {exc}") from exc
 
 
 def _decode_action(value: object) -> AuditAction:
