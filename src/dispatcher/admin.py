@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from dispatcher import _strictjson as strictjson
 from dispatcher.auth import BearerTokenAuth, Credential, FailureLimiter, Permission
 from dispatcher.errors import (
     ApiError,
@@ -847,16 +848,12 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-class _JsonRejected(ValueError):
-    """What ``json`` accepts and we do not: duplicate keys, NaN and Infinity."""
-
-
 def _parse_json(body: bytes) -> object:
     if not body.strip():
         raise InvalidRequest("the request body is empty; expected a JSON object", field="body")
     try:
-        return json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except _JsonRejected as exc:
+        return strictjson.loads(body)
+    except strictjson.JsonRejected as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}", field="body") from exc
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
@@ -880,19 +877,6 @@ def _parse_empty_object(body: bytes) -> None:
     if data:
         first = sorted(data)[0]
         raise ValidationFailed(f"unknown field {first!r} (this endpoint takes none)", field=first)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _JsonRejected(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> object:
-    raise _JsonRejected(f"{name} is not a JSON value")
 
 
 def _encode(data: object) -> bytes:

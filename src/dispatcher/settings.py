@@ -29,6 +29,7 @@ from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Final, TypeGuard
 
+from dispatcher import _strictjson as strictjson
 from dispatcher.auth import Credential, Secret, load_tokens_file, parse_env_token
 from dispatcher.errors import BadRequest, ConfigError
 from dispatcher.normalize import normalize_host, normalize_path
@@ -440,10 +441,6 @@ class _Table:
         return _Table(self.source, path, value)
 
 
-class _JsonRejected(Exception):
-    """Raised from json's hooks for what plain JSON accepts and we do not."""
-
-
 def _read_config(path: str) -> _Table:
     suffix = PurePath(path).suffix.lower()
     if suffix not in _TOML_SUFFIXES | _JSON_SUFFIXES:
@@ -482,16 +479,12 @@ def _parse_toml(text: str, source: str) -> dict[str, object]:
 
 def _parse_jsonc(text: str, source: str) -> dict[str, object]:
     try:
-        document = json.loads(
-            _strip_jsonc(text, source),
-            object_pairs_hook=_unique_keys,
-            parse_constant=_reject_constant,
-        )
+        document = strictjson.loads(_strip_jsonc(text, source))
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from exc
-    except _JsonRejected as exc:
+    except strictjson.JsonRejected as exc:
         raise ConfigError(f"{source}: invalid JSON: {exc}") from exc
     except RecursionError as exc:
         raise ConfigError(f"{source}: invalid JSON: nested too deeply") from exc
@@ -559,19 +552,6 @@ def _blank(out: list[str], start: int, end: int) -> int:
 def _position(text: str, offset: int) -> tuple[int, int]:
     line = text.count("\n", 0, offset) + 1
     return line, offset - text.rfind("\n", 0, offset)
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _JsonRejected(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> object:
-    raise _JsonRejected(f"{name} is not a JSON value")
 
 
 def _describe(value: object) -> str:
