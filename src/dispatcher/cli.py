@@ -379,6 +379,18 @@ def deploy(
     )
     if record.get("pinned_worker"):
         click.echo(f"pinned: {record['pinned_worker']} serves {record['version_label']}")
+    _warn_if_pending(record)
+
+
+def _warn_if_pending(answer: object) -> None:
+    """A 202 from the Deploy API: committed, but not every replica serves it yet."""
+    if isinstance(answer, dict) and answer.get("converged") is False:
+        pending = ", ".join(str(p) for p in answer.get("pending_replicas", [])) or "unknown"
+        click.echo(
+            f"warning: committed as revision {answer.get('revision')}, but these replicas "
+            f"did not serve it within the wait: {pending}",
+            err=True,
+        )
 
 
 @main.command()
@@ -427,6 +439,7 @@ def rollback(name: str, env: str | None, as_json: bool) -> None:
         f"rolled back {record['worker']} in {record['namespace']}{to}: now version "
         f"{record['version']}, {_describe_target(record['target'])}"
     )
+    _warn_if_pending(record)
 
 
 @main.command()
@@ -436,8 +449,9 @@ def undeploy(name: str, env: str | None) -> None:
     """Remove NAME from a namespace."""
     with _admin() as client:
         namespace = _namespace(client, env)
-        client.call("DELETE", worker_path(namespace, name))
+        answer = client.call("DELETE", worker_path(namespace, name))
     click.echo(f"undeployed {name} from {namespace}")
+    _warn_if_pending(answer)
 
 
 @main.command()

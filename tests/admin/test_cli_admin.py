@@ -4,6 +4,7 @@ against a real dispatcher in a thread: exact output and exit codes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from click.testing import CliRunner, Result
 from dispatcher.app import RunningDispatcher
 from dispatcher.auth import hash_token
 from dispatcher.cli import main
+from dispatcher.store import ReplicaId, ReplicaInfo, open_store
 from dispatcher.testing import DispatcherThread
 from tests.admin.conftest import DEV, READER, STAGE, TOKEN, admin_environ, send
 
@@ -303,3 +305,20 @@ def test_the_cli_uses_a_generated_token_file(
 
     assert (tmp_path / ".dispatcher" / "admin-token").is_file()
     assert (result.exit_code, result.output) == (0, f"no workers deployed in {DEV}\n")
+
+
+def test_deploy_warns_when_a_replica_did_not_converge(dispatcher: RunningDispatcher) -> None:
+    """A 202 (committed, not served everywhere yet) is a success with a warning naming the
+    replicas that lag."""
+    ghost = ReplicaId("elsewhere:1:00000000")
+
+    async def register_a_lagging_replica() -> None:
+        async with open_store(dispatcher.settings.store_url) as store:
+            await store.heartbeat(ghost, 0, ReplicaInfo("elsewhere", 1, {}))
+
+    asyncio.run(register_a_lagging_replica())
+    result = cli(dispatcher, "deploy", "gateway", "--url", UPSTREAM)
+
+    assert result.exit_code == 0
+    assert result.output.startswith(f"deployed gateway version 1 to {DEV}: upstream {UPSTREAM}\n")
+    assert f"did not serve it within the wait: {ghost}\n" in result.output
