@@ -56,7 +56,7 @@ class Dispatcher:
         match = snapshot.routes.resolve(head.host, head.path)
         if match is None or (self._accept_patterns and not self._is_accepted(head)):
             services = snapshot.routes.services
-            self._reject(ServiceNotFound(head.host, head.path, services), exchange)
+            self.handle_error(ServiceNotFound(head.host, head.path, services), exchange)
             return None
         namespace = snapshot.namespace
         if namespace is None:
@@ -69,20 +69,17 @@ class Dispatcher:
                 head.host,
                 head.path,
             )
-            self._reject(NamespaceMissing(snapshot.environment), exchange)
+            self.handle_error(NamespaceMissing(snapshot.environment), exchange)
             return None
         worker = namespace.workers.get(match.worker)
         if worker is None:
-            self._reject(WorkerNotDeployed(match.worker, snapshot.environment), exchange)
+            self.handle_error(WorkerNotDeployed(match.worker, snapshot.environment), exchange)
             return None
         head.route = match
         return worker.forwarder.forward(worker, head, body, exchange)
 
     def handle_error(self, error: RequestError, exchange: ResponseWriter) -> None:
         """A request the connection could not parse or finish: answer its status and close."""
-        exchange.send_error(error.status, error.body())
-
-    def _reject(self, error: RequestError, exchange: ResponseWriter) -> None:
         exchange.send_error(error.status, error.body())
 
     def _is_accepted(self, head: RequestHead) -> bool:

@@ -82,8 +82,6 @@ class ContractStore(RegistryStore, Protocol):
         limit: int = 50,
     ) -> list[AuditEntry]: ...
 
-    async def data_version(self) -> int: ...
-
 
 class Backend(Protocol):
     """Opens store objects that share one storage (one file, one database)."""
@@ -188,7 +186,7 @@ def summary(entries: list[AuditEntry]) -> list[tuple[str, str, str, int | None]]
 
 async def test_a_new_store_is_empty_at_revision_zero(store: ContractStore) -> None:
     assert await store.revision() == 0
-    assert await store.data_version() == 0
+    assert await store.revision() == 0
     assert await store.list_namespaces() == []
     assert await store.history() == []
     assert await store.load_namespace(PROD) is None
@@ -235,7 +233,7 @@ async def test_each_change_bumps_the_revision_by_one(
     await operation(store)
 
     assert await store.revision() == before + bump
-    assert await store.data_version() == before + bump
+    assert await store.revision() == before + bump
 
 
 @pytest.mark.parametrize(
@@ -721,7 +719,7 @@ async def test_two_store_objects_see_each_others_writes(
     assert await other.revision() == 1
     deployed = await deploy(other)
     assert await store.revision() == 2
-    assert await store.data_version() == 2
+    assert await store.revision() == 2
     assert await store.load_namespace(PROD) == (2, [deployed])
 
 

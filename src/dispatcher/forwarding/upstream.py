@@ -97,18 +97,6 @@ _HOP_LINE: Final = re.compile(
     rb"|content-length):[ \t]*(.*?)[ \t]*\r\n",
     re.IGNORECASE | re.MULTILINE,
 )
-_RESPONSE_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
-)
 
 
 class UpstreamFailure(RequestError):

@@ -87,7 +87,6 @@ class WebSocketSession:
     """One ASGI websocket connection: the app's receive/send over wsproto framing."""
 
     __slots__ = (
-        "_head",
         "_response",
         "_accept",
         "_connection",
@@ -95,14 +94,12 @@ class WebSocketSession:
         "_client",
         "_is_accepted",
         "_is_closed",
-        "_close_code",
         "_text",
         "_bytes",
         "_is_paused",
     )
 
-    def __init__(self, head: RequestHead, response: ResponseWriter, accept: bytes) -> None:
-        self._head = head
+    def __init__(self, response: ResponseWriter, accept: bytes) -> None:
         self._response = response
         self._accept = accept
         self._connection = Connection(ConnectionType.SERVER)
@@ -111,7 +108,6 @@ class WebSocketSession:
         self._client: TunnelPeer | None = None
         self._is_accepted = False
         self._is_closed = False
-        self._close_code = _ABNORMAL_CLOSURE
         self._text: list[str] = []
         self._bytes: list[bytes] = []
         self._is_paused = False
@@ -242,8 +238,6 @@ class WebSocketSession:
                 client.close()
 
     def _disconnect(self, code: int) -> None:
-        if self._close_code == _ABNORMAL_CLOSURE or code != _ABNORMAL_CLOSURE:
-            self._close_code = code
         self._inbox.put_nowait({"type": "websocket.disconnect", "code": int(code)})
 
     def lost(self) -> None:
@@ -286,5 +280,5 @@ async def serve_websocket(
     except BadRequest as error:
         response.send_error(error.status, error.body())
         return
-    session = WebSocketSession(head, response, accept)
+    session = WebSocketSession(response, accept)
     await session.run(app, websocket_scope(head, extensions, state))

@@ -44,10 +44,6 @@ class Listener:
         """The bound port (useful after binding port 0)."""
         return int(self.sockets[0].getsockname()[1])
 
-    @property
-    def connection_count(self) -> int:
-        return len(self._state.connections) if self._state is not None else 0
-
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         state = ServerState(loop, self._limits, self._handler)

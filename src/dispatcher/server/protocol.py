@@ -835,13 +835,8 @@ class HttpProtocol(asyncio.Protocol):
             self, head, body, keep_alive=keep_alive, expects_continue=expects_continue
         )
         self._parsing = exchange
-        self._deadline_kind = _BODY
-        self._deadline = self.state.now + limits.body_idle_timeout
-        if self._active is None:
-            self._start(exchange)
-        else:
-            self._queue.append(exchange)
-            self._pause_reading()
+        self._arm(_BODY, limits.body_idle_timeout)
+        self._enqueue(exchange)
 
     def on_body(self, chunk: bytes) -> None:
         exchange = self._parsing
@@ -980,15 +975,8 @@ class HttpProtocol(asyncio.Protocol):
             body.discard()
             self._arm(_DRAIN, self._limits.body_idle_timeout)
         self._active = None
-        if self._queue:
-            if not self._is_advancing:
-                self._advance()
-        elif self.transport is not None:
-            if self._parsing is None:
-                self._deadline_kind = _IDLE
-                self._deadline = self.state.now + self._limits.keepalive_timeout
-            if self._is_reading_paused:
-                self._resume_reading()
+        if not self._is_advancing:
+            self._advance()
 
     def _advance(self) -> None:
         """Start the queued exchanges in order. A loop, not recursion: an exchange answered at

@@ -308,10 +308,6 @@ class PostgresStore:
     async def revision(self) -> int:
         return await self._read("revision", _read_revision)
 
-    async def data_version(self) -> int:
-        """A cheap change check: the revision counter, one indexed row (as ``SQLiteStore``)."""
-        return await self._read("data_version", _read_revision)
-
     async def ensure_namespaces(self, names: Iterable[NamespaceName]) -> list[NamespaceName]:
         wanted = sorted(set(names))
         if not wanted:

@@ -215,15 +215,6 @@ class SQLiteStore:
     async def revision(self) -> int:
         return await self._run("revision", _read_revision)
 
-    async def data_version(self) -> int:
-        """A cheap change check: the stored revision counter, read in one tiny query.
-
-        Not ``PRAGMA data_version``: that one is per connection, ignores this connection's own
-        commits and cannot be compared between processes, while the revision is the number the
-        snapshot watcher needs anyway and is one indexed row.
-        """
-        return await self._run("data_version", _read_revision)
-
     async def ensure_namespaces(self, names: Iterable[NamespaceName]) -> list[NamespaceName]:
         wanted = sorted(set(names))
         if not wanted:
