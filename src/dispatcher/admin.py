@@ -35,6 +35,7 @@ from dispatcher.errors import (
     ConfigError,
     Conflict,
     Forbidden,
+    InternalError,
     InvalidRequest,
     NamespaceNotEmpty,
     NamespaceNotFound,
@@ -49,8 +50,7 @@ from dispatcher.errors import (
     WrongMethod,
 )
 from dispatcher.replicas import Convergence, Replicas
-from dispatcher.store import RegistryStore, Replica
-from dispatcher.store.sqlite import AuditEntry
+from dispatcher.store import AuditEntry, RegistryStore, Replica
 from dispatcher.types import NamespaceName, Receive, Scope, Send, WorkerName
 from dispatcher.workers import (
     AppTarget,
@@ -1100,12 +1100,8 @@ def _internal_error(scope: Scope, exc: Exception) -> Reply:
         logger.error("admin error %s: %s %s: %s", error_id, scope["method"], scope["path"], exc)
     else:
         logger.exception("admin error %s: %s %s", error_id, scope["method"], scope["path"])
-    body = {
-        "error": "Internal server error",
-        "message": f"Unexpected error in the Deploy API (error id {error_id})",
-        "code": "internal_error",
-    }
-    return Reply.json(500, body)
+    error = InternalError(f"Unexpected error in the Deploy API (error id {error_id})")
+    return Reply.json(error.status, error.fields())
 
 
 async def _send(send: Send, reply: Reply) -> None:

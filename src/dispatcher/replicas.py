@@ -208,10 +208,13 @@ class Convergence:
     when the wait ran out. ``problem`` says why the replicas could not be read, if so."""
 
     revision: int
-    converged: bool
     replicas: tuple[Replica, ...]
     pending: tuple[ReplicaId, ...] = ()
     problem: str | None = None
+
+    @property
+    def converged(self) -> bool:
+        return self.problem is None and not self.pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,10 +287,10 @@ class Replicas:
                 problem = str(exc) or "the store did not answer in time"
             pending = tuple(replica.id for replica in live if replica.revision < revision)
             if problem is None and not pending:
-                return Convergence(revision, True, tuple(live))
+                return Convergence(revision, tuple(live))
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return Convergence(revision, False, tuple(live), pending, problem)
+                return Convergence(revision, tuple(live), pending, problem)
             await asyncio.sleep(min(self._poll, remaining))
 
     async def readiness(self) -> Readiness:

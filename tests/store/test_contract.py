@@ -42,6 +42,8 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from dispatcher.store import (
+    REPLICA_RETENTION,
+    AuditEntry,
     RegistryStore,
     Replica,
     ReplicaId,
@@ -50,7 +52,7 @@ from dispatcher.store import (
     open_store,
 )
 from dispatcher.store.postgres import PostgresStore
-from dispatcher.store.sqlite import REPLICA_RETENTION, AuditEntry, SQLiteStore
+from dispatcher.store.sqlite import SQLiteStore
 from dispatcher.types import NamespaceName, WorkerName
 from dispatcher.workers import AppTarget, Deployment
 

@@ -13,14 +13,36 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, NewType, Protocol
+from typing import Final, Literal, NewType, Protocol
 
 from dispatcher.errors import ConfigError
 from dispatcher.types import NamespaceName, WorkerName
 from dispatcher.workers import Deployment, Target
 
-if TYPE_CHECKING:
-    from dispatcher.store.sqlite import AuditEntry
+AuditAction = Literal["deploy", "undeploy", "rollback"]
+SYSTEM_ACTOR: Final = "system"
+"""Who the audit trail names for changes the store makes on its own (forced namespace delete)."""
+REPLICA_RETENTION: Final = 3600.0
+"""Seconds after which a replica that stopped heartbeating is dropped from the table."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One row of the append-only audit trail: a deploy, an undeploy or a rollback, at one
+    revision. A rollback names the version whose target it restored (``restored_version``)."""
+
+    revision: int
+    namespace: NamespaceName
+    worker: WorkerName
+    action: AuditAction
+    version: int | None
+    target: Target | None
+    actor: str
+    at: str
+    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    version_label: str | None = None
+    restored_version: int | None = None
+
 
 ReplicaId = NewType("ReplicaId", str)
 """One dispatcher process sharing the store: ``host:pid:random`` (``web-1:4242:9f3ab2c1``)."""

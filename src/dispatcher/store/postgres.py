@@ -44,8 +44,15 @@ from dispatcher.errors import (
     StoreUnavailable,
     WorkerNotFound,
 )
-from dispatcher.store import Replica, ReplicaId, ReplicaInfo
-from dispatcher.store.sqlite import REPLICA_RETENTION, SYSTEM_ACTOR, AuditAction, AuditEntry
+from dispatcher.store import (
+    REPLICA_RETENTION,
+    SYSTEM_ACTOR,
+    AuditAction,
+    AuditEntry,
+    Replica,
+    ReplicaId,
+    ReplicaInfo,
+)
 from dispatcher.types import NamespaceName, WorkerName
 from dispatcher.workers import Deployment, Target, target_from_json
 

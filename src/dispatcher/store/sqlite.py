@@ -22,11 +22,11 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
 from dispatcher.errors import (
     ConfigError,
@@ -37,7 +37,15 @@ from dispatcher.errors import (
     StoreUnavailable,
     WorkerNotFound,
 )
-from dispatcher.store import Replica, ReplicaId, ReplicaInfo
+from dispatcher.store import (
+    REPLICA_RETENTION,
+    SYSTEM_ACTOR,
+    AuditAction,
+    AuditEntry,
+    Replica,
+    ReplicaId,
+    ReplicaInfo,
+)
 from dispatcher.types import NamespaceName, WorkerName
 from dispatcher.workers import Deployment, Target, target_from_json
 
@@ -45,10 +53,6 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-AuditAction = Literal["deploy", "undeploy", "rollback"]
-
-SYSTEM_ACTOR: Final = "system"
-"""Who the audit trail names for changes the store makes on its own (forced namespace delete)."""
 
 _BOOTSTRAP: Final = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)"
 
@@ -108,8 +112,6 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
 )
 """Schema migrations, applied in order; ``schema_version`` counts how many have run."""
 
-REPLICA_RETENTION: Final = 3600.0
-"""Seconds after which a replica that stopped heartbeating is dropped from the table."""
 
 # Primary result codes (https://sqlite.org/rescode.html); the low byte of extended codes.
 _SQLITE_BUSY: Final = 5
@@ -143,24 +145,6 @@ _AUDIT_COLUMNS: Final = (
     "version_label, restored_version"
 )
 _INSERT_COLUMNS: Final = f"{_AUDIT_COLUMNS}, previous_version"
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One row of the append-only audit trail: a deploy, an undeploy or a rollback, at one
-    revision. A rollback names the version whose target it restored (``restored_version``)."""
-
-    revision: int
-    namespace: NamespaceName
-    worker: WorkerName
-    action: AuditAction
-    version: int | None
-    target: Target | None
-    actor: str
-    at: str
-    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    version_label: str | None = None
-    restored_version: int | None = None
 
 
 class SQLiteStore:
