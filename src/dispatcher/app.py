@@ -139,7 +139,6 @@ async def running(
             replicas,
             bindings=settings.bindings,
             served=settings.namespace,
-            max_body_bytes=settings.admin.max_body_bytes,
         )
         admin_listener = Listener(AppHandler(api), admin_limits(settings))
         await _start(admin_listener, settings.admin.host, settings.admin.port, " (admin API)")

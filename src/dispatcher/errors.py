@@ -23,7 +23,6 @@ DispatcherError
 │   ├── NotFound           404  unknown route, namespace or worker
 │   ├── WrongMethod        405  route exists, method does not (Allow)
 │   ├── Conflict           409  namespace not empty, nothing to roll back
-│   ├── BodyTooLarge       413
 │   ├── ValidationFailed   422  well-formed JSON that breaks the schema
 │   ├── TooManyFailures    429  too many failed logins from one address (Retry-After)
 │   └── Unavailable        503  the store is unavailable (Retry-After)
@@ -242,9 +241,6 @@ class ApiError(DispatcherError):
             body["field"] = self.field
         return body
 
-    def body(self) -> bytes:
-        return json.dumps(self.fields()).encode() + b"\n"
-
 
 class InvalidRequest(ApiError):
     status = 400
@@ -280,12 +276,6 @@ class Conflict(ApiError):
     status = 409
     title = "Conflict"
     code = "conflict"
-
-
-class BodyTooLarge(ApiError):
-    status = 413
-    title = "Payload too large"
-    code = "payload_too_large"
 
 
 class ValidationFailed(ApiError):
