@@ -401,7 +401,8 @@ def test_header_lines_reach_the_worker_in_order_with_repeats(special: RunningDis
 
     assert reply.status == 200
     received = [tuple(line) for line in reply.json()["headers"]]
-    assert received == [("host", "db.do")] + [(name.lower(), value) for name, value in sent]
+    request_id = ("x-request-id", reply.header("x-request-id"))
+    assert received == [("host", "db.do")] + [(n.lower(), v) for n, v in sent] + [request_id]
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])

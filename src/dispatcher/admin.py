@@ -81,11 +81,8 @@ METADATA_KEY: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}", re.ASCII)
 _NAME_PATTERN: Final = "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _DEPLOY_FIELDS: Final = ("app", "metadata", "preserve_host", "url", "version")
-_JSON_HEADERS: Final = (
-    (b"content-type", b"application/json"),
-    (b"cache-control", b"no-store"),
-    (b"x-content-type-options", b"nosniff"),
-)
+METRICS_CONTENT_TYPE: Final = b"text/plain; version=0.0.4; charset=utf-8"
+_REPLY_HEADERS: Final = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
 
 
 # --- requests and replies ------------------------------------------------------------------
@@ -109,6 +106,7 @@ class Reply:
     status: int
     payload: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: bytes = b"application/json"
 
     @classmethod
     def json(cls, status: int, data: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
@@ -227,6 +225,7 @@ class DeployAPI:
         "_served",
         "routes",
         "_openapi",
+        "_metrics",
     )
 
     def __init__(
@@ -238,7 +237,9 @@ class DeployAPI:
         bindings: Mapping[str, NamespaceName],
         served: NamespaceName,
         failures: FailureLimiter | None = None,
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._auth = auth
         self._replicas = replicas
@@ -367,6 +368,9 @@ class DeployAPI:
                      {200: ("Ready; the replicas sharing the store.", "Ready"),
                       503: ("Degraded: serving the last snapshot, or no namespace.",
                             "Degraded")}),
+            Endpoint("GET", "/metrics", "metrics",
+                     "Prometheus metrics of every serving process (no token).",
+                     None, self._metrics_reply, {200: ("Prometheus text format 0.0.4.", None)}),
             Endpoint("GET", "/openapi.json", "openapi", "This OpenAPI document (no token).",
                      None, self._openapi_reply, {200: ("The OpenAPI 3.1 document.", None)}),
             Endpoint("GET", "/namespaces", "listNamespaces",
@@ -465,6 +469,11 @@ class DeployAPI:
             return _settled_reply(written, await self._replicas.converge(written.revision, wait))
 
         return handle
+
+    async def _metrics_reply(self, call: Call) -> Reply:
+        if self._metrics is None:
+            raise NotFound("metrics are not collected by this process")
+        return Reply(200, await self._metrics(), content_type=METRICS_CONTENT_TYPE)
 
     async def _openapi_reply(self, call: Call) -> Reply:
         return Reply(200, self._openapi)
@@ -1087,7 +1096,7 @@ def _internal_error(scope: Scope, exc: Exception) -> Reply:
 async def _send(send: Send, reply: Reply) -> None:
     headers = [(name.encode(), value.encode()) for name, value in reply.headers]
     if reply.payload:
-        headers = [*_JSON_HEADERS, *headers]
+        headers = [(b"content-type", reply.content_type), *_REPLY_HEADERS, *headers]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.payload})
 

@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from dispatcher import __version__
 from dispatcher.admin import DeployAPI
 from dispatcher.auth import BearerTokenAuth, ensure_token_file
+from dispatcher.console import Console
 from dispatcher.dispatch import Dispatcher
 from dispatcher.errors import ListenFailed
 from dispatcher.forwarding.asgi import AppHandler, AppHost
 from dispatcher.forwarding.upstream import UpstreamHub
+from dispatcher.logs import AccessLog, ErrorLog
+from dispatcher.metrics import ProcessSample, RequestMetrics, render, sample_process
 from dispatcher.namespaces import Snapshot
 from dispatcher.replicas import Heartbeat, Replicas, new_replica_id, this_process
 from dispatcher.server.listeners import Listener
@@ -58,6 +62,9 @@ class RunningDispatcher:
     watcher: SnapshotWatcher
     admin_listener: Listener
     replicas: Replicas
+    metrics: RequestMetrics
+    sample: Callable[[], ProcessSample]
+    """This process's metrics now (what ``/metrics`` renders, with its peers' in a group)."""
 
     @property
     def replica_id(self) -> str:
@@ -130,17 +137,30 @@ async def running(
         await stack.enter_async_context(heartbeat)
         await stack.enter_async_context(watcher)
         replicas = Replicas(store, heartbeat, watcher.refresh, lambda: dispatcher.snapshot)
-        listener = Listener(dispatcher, settings.limits)
+        metrics = await request_metrics(stack, settings)
+        listener = Listener(dispatcher, settings.limits, observer=metrics)
+
+        def sample() -> ProcessSample:
+            return sample_process(
+                metrics, lambda: process_gauges(listener, dispatcher, watcher, upstreams)
+            )
+
+        async def metrics_text() -> bytes:
+            return render([sample()], settings.environment)
+
         await _start(listener, settings.host, settings.port, "")
         stack.push_async_callback(listener.stop, settings.limits.drain_timeout)
+        auth = admin_auth(settings)
         api = DeployAPI(
             store,
-            admin_auth(settings),
+            auth,
             replicas,
             bindings=settings.bindings,
             served=settings.namespace,
+            metrics=metrics_text,
         )
-        admin_listener = Listener(AppHandler(api), admin_limits(settings))
+        console = await stack.enter_async_context(Console(api, auth, store, replicas, settings))
+        admin_listener = Listener(AppHandler(console), admin_limits(settings))
         await _start(admin_listener, settings.admin.host, settings.admin.port, " (admin API)")
         stack.push_async_callback(admin_listener.stop, settings.limits.drain_timeout)
         await heartbeat.describe(
@@ -166,8 +186,43 @@ async def running(
             "tokens configured" if settings.admin.has_tokens else "generated token",
         )
         yield RunningDispatcher(
-            settings, store, dispatcher, listener, watcher, admin_listener, replicas
+            settings,
+            store,
+            dispatcher,
+            listener,
+            watcher,
+            admin_listener,
+            replicas,
+            metrics,
+            sample,
         )
+
+
+async def request_metrics(stack: AsyncExitStack, settings: Settings) -> RequestMetrics:
+    """The main listener's observer: counters, the error log and (unless off) the access log."""
+    context = {"environment": settings.environment, "namespace": settings.namespace}
+    access = None
+    if settings.access_log:
+        access = await stack.enter_async_context(AccessLog(**context))
+    return RequestMetrics(settings.environment, access_log=access, error_log=ErrorLog(**context))
+
+
+def process_gauges(
+    listener: Listener, dispatcher: Dispatcher, watcher: SnapshotWatcher, upstreams: UpstreamHub
+) -> dict[str, Any]:
+    """This process's gauges, read at scrape time (never counted per request)."""
+    return {
+        "dispatcher_requests_in_flight": listener.in_flight,
+        "dispatcher_connections": listener.connection_count,
+        "dispatcher_store_errors_total": watcher.errors,
+        "dispatcher_snapshot_revision": dispatcher.snapshot.revision,
+        "dispatcher_snapshot_age_seconds": time.monotonic() - watcher.synced_at,
+        "upstream_connections": [
+            [pool.url.url, len(pool.idle), len(pool.connections) - len(pool.idle)]
+            for pool in upstreams.pools
+        ],
+        "upstream_failures": dict(upstreams.outcomes),
+    }
 
 
 def replica_info(settings: Settings, **listeners: str) -> ReplicaInfo:

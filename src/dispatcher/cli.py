@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ from dispatcher.admin_client import AdminClient, worker_path
 from dispatcher.app import Preparation, running
 from dispatcher.auth import generate_token, hash_token
 from dispatcher.errors import AdminClientError, BadRequest, ConfigError, ListenFailed, StoreError
+from dispatcher.logs import LEVELS, configure_logging
 from dispatcher.normalize import normalize_host, normalize_path
 from dispatcher.routing import RuleKind
 from dispatcher.settings import Settings
@@ -57,6 +58,21 @@ config_option = click.option(
 )
 
 
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(LEVELS),
+    default="info",
+    show_default=True,
+    help="Least severe level logged (JSON lines on stderr).",
+)
+access_log_option = click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="One JSON line per request on the dispatcher.access logger.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dispatcher")
 def main() -> None:
@@ -75,9 +91,8 @@ def main() -> None:
     default=None,
     help="Port of the Deploy API (default 8788).",
 )
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
-)
+@log_level_option
+@access_log_option
 def serve(
     config_path: str | None,
     host: str | None,
@@ -85,12 +100,14 @@ def serve(
     admin_host: str | None,
     admin_port: int | None,
     log_level: str,
+    access_log: bool,
 ) -> None:
     """Serve routed traffic until SIGINT or SIGTERM."""
     _configure_logging(log_level)
     settings = _load(
         config_path, host=host, port=port, admin_host=admin_host, admin_port=admin_port
     )
+    settings = replace(settings, access_log=access_log)
     _run(settings, announce=_announce_serve)
 
 
@@ -105,9 +122,8 @@ def serve(
     default=None,
     help="Port of the Deploy API (default 8788).",
 )
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
-)
+@log_level_option
+@access_log_option
 @click.option(
     "--upstream",
     "upstreams",
@@ -122,6 +138,7 @@ def dev(
     admin_host: str | None,
     admin_port: int | None,
     log_level: str,
+    access_log: bool,
     upstreams: tuple[str, ...],
 ) -> None:
     """Local development: every configured service gets an echo worker where none is deployed;
@@ -130,6 +147,7 @@ def dev(
     settings = _load(
         config_path, host=host, port=port, admin_host=admin_host, admin_port=admin_port
     )
+    settings = replace(settings, access_log=access_log)
     pointed = _parse_upstream_options(upstreams, settings)
 
     async def prepare(store: RegistryStore, settings: Settings) -> None:
@@ -325,11 +343,7 @@ def _announce_dev(settings: Settings, url: str) -> None:
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(level)
 
 
 # --- over the admin API ----------------------------------------------------------------------

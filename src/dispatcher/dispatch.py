@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dispatcher.errors import (
     NamespaceMissing,
+    Overloaded,
     RequestError,
     ServiceNotFound,
     WorkerNotDeployed,
@@ -56,31 +57,33 @@ class Dispatcher:
         match = snapshot.routes.resolve(head.host, head.path)
         if match is None or (self._accept_patterns and not self._is_accepted(head)):
             services = snapshot.routes.services
-            self.handle_error(ServiceNotFound(head.host, head.path, services), exchange)
+            exchange.fail(ServiceNotFound(head.host, head.path, services))
             return None
+        head.route = match
         namespace = snapshot.namespace
         if namespace is None:
-            logger.error(
-                "Namespace not found for environment: %s (namespace %s missing from the store; "
-                "request %s %s%s)",
-                snapshot.environment,
-                snapshot.namespace_name,
-                head.method,
-                head.host,
-                head.path,
-            )
-            self.handle_error(NamespaceMissing(snapshot.environment), exchange)
+            # Logged with the request's context by the observer, like every error.
+            exchange.fail(NamespaceMissing(snapshot.environment))
             return None
         worker = namespace.workers.get(match.worker)
         if worker is None:
-            self.handle_error(WorkerNotDeployed(match.worker, snapshot.environment), exchange)
+            exchange.fail(WorkerNotDeployed(match.worker, snapshot.environment))
             return None
-        head.route = match
         return worker.forwarder.forward(worker, head, body, exchange)
 
     def handle_error(self, error: RequestError, exchange: ResponseWriter) -> None:
         """A request the connection could not parse or finish: answer its status and close."""
-        exchange.send_error(error.status, error.body())
+        exchange.fail(error)
+
+    def refuse(self, head: RequestHead, exchange: ResponseWriter) -> None:
+        """Over the in-flight limit: health checks are still answered (a load balancer must
+        not take a busy process for a dead one); anything else is a fast 503."""
+        snapshot = self.snapshot
+        if head.path == HEALTH_PATH and head.host in self._own_hosts:
+            self._answer_health(snapshot, exchange)
+        else:
+            head.route = snapshot.routes.resolve(head.host, head.path)  # to count it by service
+            exchange.fail(Overloaded("too many requests in flight; retry shortly"))
 
     def _is_accepted(self, head: RequestHead) -> bool:
         return any(p.matches(head.host, head.path) for p in self._accept_patterns)

@@ -46,6 +46,8 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
+from dispatcher import outcomes
+
 
 class DispatcherError(Exception):
     """Base of every error the dispatcher raises on purpose."""
@@ -65,6 +67,9 @@ class RequestError(DispatcherError):
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Bad request"
     code: ClassVar[str] = "bad_request"
+    outcome: ClassVar[int] = outcomes.BAD_REQUEST
+    headers: ClassVar[list[tuple[bytes, bytes]]] = []
+    """Extra response headers the answer carries (``Retry-After`` on a 503)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -88,6 +93,7 @@ class ServiceNotFound(RequestError):
     status = 404
     title = "Service not found"
     code = "service_not_found"
+    outcome = outcomes.SERVICE_NOT_FOUND
 
     def __init__(self, host: str, path: str, available_services: tuple[str, ...]) -> None:
         super().__init__(f"No worker found for {host}{path}")
@@ -108,6 +114,7 @@ class WorkerNotDeployed(RequestError):
     status = 404
     title = "Service not deployed"
     code = "not_deployed"
+    outcome = outcomes.NOT_DEPLOYED
     hint: ClassVar[str] = "Service may not be deployed yet. Deploy via Deploy API."
 
     def __init__(self, worker: str, environment: str) -> None:
@@ -123,6 +130,7 @@ class NamespaceMissing(RequestError):
     status = 500
     title = "Configuration error"
     code = "config_error"
+    outcome = outcomes.CONFIG_ERROR
 
     def __init__(self, environment: str) -> None:
         super().__init__(f"Namespace not found for environment: {environment}")
@@ -134,6 +142,20 @@ class InternalError(RequestError):
     status = 500
     title = "Internal server error"
     code = "internal_error"
+    outcome = outcomes.INTERNAL_ERROR
+
+
+class Overloaded(RequestError):
+    """Over the in-flight or connection limit: a fast 503 the client may retry."""
+
+    status = 503
+    title = "Service unavailable"
+    code = "overloaded"
+    outcome = outcomes.OVERLOADED
+    headers: ClassVar[list[tuple[bytes, bytes]]] = [(b"retry-after", b"1")]
+    connections_body: ClassVar[bytes] = (
+        b'{"error": "Service unavailable", "message": "too many connections", "code": "overloaded"}'
+    )
 
 
 class BadRequest(RequestError):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import DispatcherError, RequestError
 from dispatcher.types import Header
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class RequestHead:
     """``b"websocket"`` when the client asks to switch to WebSocket, else ``None``."""
     raw_path_is_canonical: bool = True
     """The path as sent was already canonical: ``target`` may be forwarded byte for byte."""
+    request_id: bytes = b""
+    """The client's ``X-Request-Id`` when it was a valid one, else one made here; it is also
+    in ``headers``, so every worker receives it."""
     route: RouteMatch | None = field(default=None)
 
 
@@ -117,6 +120,11 @@ class ResponseWriter(Protocol):
 
     producer: Producer | None
     """Set by a forwarder that streams from elsewhere, for back-pressure and cancellation."""
+    outcome: int
+    """What became of the request (``dispatcher.outcomes``); ``ROUTED`` until an error."""
+    handed_off: float
+    """``time.perf_counter()`` when the request reached its worker (0.0 until then): the
+    dispatcher's own overhead is the time before it."""
 
     @property
     def is_started(self) -> bool:
@@ -168,4 +176,9 @@ class ResponseWriter(Protocol):
 
     def send_error(self, status: int, body: bytes, *, headers: list[Header] | None = None) -> None:
         """Answer a whole JSON error response (``start`` + ``write`` + ``end``)."""
+        ...
+
+    def fail(self, error: RequestError) -> None:
+        """Answer ``error`` (its status, JSON body with the request id, headers) and count
+        its outcome; a response already on the wire is cut instead."""
         ...

@@ -105,6 +105,9 @@ _LIMIT_KEYS: Final = frozenset(
         "max_body_bytes",
         "write_high_water",
         "drain_timeout",
+        "send_timeout",
+        "max_connections",
+        "max_in_flight",
     }
 )
 _BINDING_NAME = re.compile(r"[A-Z][A-Z0-9_]*", re.ASCII)
@@ -136,6 +139,12 @@ class Limits:
     max_body_bytes: int = 10 * 1024 * 1024
     write_high_water: int = 65536
     drain_timeout: float = 30.0
+    send_timeout: float = 60.0
+    """A client that reads nothing of its response for this long is cut (nginx)."""
+    max_connections: int = 4096
+    """Open client connections per process; one more is answered 503 and closed."""
+    max_in_flight: int = 2048
+    """Requests being answered at once per process; one more is a fast 503 + Retry-After."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +302,8 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     store_timeout: float = DEFAULT_STORE_TIMEOUT
     """``[store] timeout``: how long a store operation waits for a lock or a connection."""
+    access_log: bool = True
+    """One JSON line per request on the ``dispatcher.access`` logger (``--no-access-log``)."""
 
     @classmethod
     def load(
@@ -907,6 +918,9 @@ def _parse_limits(table: _Table) -> Limits:
         max_body_bytes=_integer(table, "max_body_bytes", seed.max_body_bytes, 0, None),
         write_high_water=_integer(table, "write_high_water", seed.write_high_water, 1, _GIB),
         drain_timeout=_timeout(table, "drain_timeout", seed.drain_timeout),
+        send_timeout=_timeout(table, "send_timeout", seed.send_timeout),
+        max_connections=_integer(table, "max_connections", seed.max_connections, 1, 1_000_000),
+        max_in_flight=_integer(table, "max_in_flight", seed.max_in_flight, 1, 1_000_000),
     )
 
 

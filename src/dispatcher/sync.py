@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from types import MappingProxyType, TracebackType
 
@@ -95,6 +96,8 @@ class SnapshotWatcher:
         "_listener",
         "_wake",
         "_refreshing",
+        "errors",
+        "synced_at",
     )
 
     def __init__(
@@ -115,6 +118,8 @@ class SnapshotWatcher:
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._refreshing = asyncio.Lock()
+        self.errors = 0  # failed store reads (metrics: dispatcher_store_errors_total)
+        self.synced_at = time.monotonic()  # when the store last confirmed our revision
 
     @property
     def revision(self) -> int:
@@ -152,10 +157,12 @@ class SnapshotWatcher:
         async with self._refreshing:
             revision = await self._store.revision()
             if revision == self._revision:
+                self.synced_at = time.monotonic()
                 return False
             snapshot = await self._builder.build(self._store)
             self._revision = snapshot.revision
             self._on_change(snapshot)
+            self.synced_at = time.monotonic()
         logger.info("registry revision %d applied", snapshot.revision)
         return True
 
@@ -170,6 +177,7 @@ class SnapshotWatcher:
                 await self.refresh()
             except DispatcherError as exc:
                 # Keep serving the last good snapshot; the next tick retries.
+                self.errors += 1
                 logger.warning("registry sync failed, keeping revision %d: %s", self._revision, exc)
 
     async def _listen(self, listen: Callable[[], AsyncIterator[int]]) -> None:

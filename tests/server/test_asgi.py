@@ -185,7 +185,8 @@ async def test_scope_describes_the_request(server: Server) -> None:
         b"\r\n"
         b"abc"
     )
-    answer = (await client.response()).json()
+    response = await client.response()
+    answer = response.json()
     local = client.writer.get_extra_info("sockname")
     assert answer == {
         "type": "http",
@@ -202,6 +203,7 @@ async def test_scope_describes_the_request(server: Server) -> None:
             ["x-case", "MiXeD"],
             ["x-dup", "2"],
             ["content-length", "3"],
+            ["x-request-id", response.header("x-request-id")],
         ],
         "client": [local[0], local[1]],
         "server": ["127.0.0.1", server.port],

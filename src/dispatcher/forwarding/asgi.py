@@ -17,10 +17,11 @@ import importlib
 import logging
 import secrets
 from collections.abc import Coroutine, Mapping
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
-from dispatcher.errors import ConfigError, InternalError, RequestError
+from dispatcher.errors import ConfigError, InternalError, Overloaded, RequestError
 from dispatcher.forwarding.websocket import serve_websocket
 from dispatcher.http import BodyStream, ClientDisconnected, RequestHead, ResponseWriter
 from dispatcher.types import ASGIApp, Message, Scope
@@ -59,7 +60,9 @@ class AppForwarder:
                 extensions = self._extensions_for(worker, route.service if route else worker.name)
                 await serve_websocket(self.app, head, response, extensions, self.state.copy())
                 return
-            await self.app(self._scope(worker, head), exchange.receive, exchange.send)
+            scope = self._scope(worker, head)
+            response.handed_off = perf_counter()
+            await self.app(scope, exchange.receive, exchange.send)
             if not exchange.is_complete:
                 exchange.finish_incomplete()
         except ClientDisconnected:
@@ -124,7 +127,10 @@ class AppHandler:
         return self._serve(head, body, exchange)
 
     def handle_error(self, error: RequestError, exchange: ResponseWriter) -> None:
-        exchange.send_error(error.status, error.body())
+        exchange.fail(error)
+
+    def refuse(self, head: RequestHead, exchange: ResponseWriter) -> None:
+        exchange.fail(Overloaded("too many requests in flight; retry shortly"))
 
     async def _serve(self, head: RequestHead, body: BodyStream, response: ResponseWriter) -> None:
         exchange = _AsgiExchange(head, body, response)
@@ -153,8 +159,7 @@ def _answer_failure(where: str, response: ResponseWriter) -> None:
     if response.is_started:
         response.abort()
     else:
-        error = InternalError(f"Unexpected error while dispatching (error id {error_id})")
-        response.send_error(error.status, error.body())
+        response.fail(InternalError(f"Unexpected error while dispatching (error id {error_id})"))
 
 
 class _AsgiExchange:

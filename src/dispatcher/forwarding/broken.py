@@ -27,4 +27,4 @@ class BrokenForwarder:
         self, worker: Worker, head: RequestHead, body: BodyStream, response: ResponseWriter
     ) -> None:
         error = InternalError(f'Worker "{worker.name}" cannot be served: {self.reason}')
-        response.send_error(error.status, error.body())
+        response.fail(error)

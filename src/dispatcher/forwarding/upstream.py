@@ -30,10 +30,12 @@ import ssl
 import struct
 from collections import Counter, deque
 from collections.abc import Coroutine
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import httptools
 
+from dispatcher import outcomes
 from dispatcher.errors import RequestError
 from dispatcher.http import (
     BodyStream,
@@ -105,19 +107,21 @@ class UpstreamFailure(RequestError):
     status = 502
     title = "Bad gateway"
     code = "bad_gateway"
-    headers: ClassVar[list[tuple[bytes, bytes]]] = []
+    outcome = outcomes.BAD_GATEWAY
 
 
 class UpstreamTimeout(UpstreamFailure):
     status = 504
     title = "Gateway timeout"
     code = "gateway_timeout"
+    outcome = outcomes.GATEWAY_TIMEOUT
 
 
 class UpstreamOverloaded(UpstreamFailure):
     status = 503
     title = "Service unavailable"
     code = "upstream_overloaded"
+    outcome = outcomes.OVERLOADED
     headers: ClassVar[list[tuple[bytes, bytes]]] = [(b"retry-after", b"1")]
 
 
@@ -220,8 +224,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = True
         self._deadline = self.pool.hub.now + self.pool.hub.settings.stream_idle_timeout
         if self._waiting_head:
-            self._head = data if not self._head else self._head + data
-            if len(self._head) > MAX_RESPONSE_HEAD:
+            head = self._head = data if not self._head else self._head + data
+            # A read may carry the head and the first body bytes together: only a head
+            # whose end is not within the limit is too large.
+            if (
+                len(head) > MAX_RESPONSE_HEAD
+                and head.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD + 4) < 0
+            ):
                 self._fail(
                     UpstreamFailure(
                         f"upstream {self.pool.url.url} sent a response head larger than "
@@ -374,6 +383,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.producer = self
         assert self.transport is not None
         self.transport.write(request)
+        exchange.handed_off = perf_counter()
 
     def write_body(self, data: bytes) -> None:
         if self.transport is not None:
@@ -415,11 +425,9 @@ class UpstreamConnection(asyncio.Protocol):
                     self._reject(_StaleConnection(error))
                     return
             self.pool.hub.count(error.code)
-            if (self._is_started or exchange.is_started) and not exchange.retract():
+            if self._is_started and exchange.is_started:
                 logger.warning("upstream response cut: %s", error.message)
-                exchange.abort()
-            else:
-                exchange.send_error(error.status, error.body(), headers=error.headers)
+            exchange.fail(error)
         self._resolve()
 
     def _resolve(self) -> None:
@@ -698,7 +706,7 @@ class UpstreamForwarder:
             self._hub.spawn(self._forward(self._pick(), None, head, body, response, retried=True))
         else:
             self._hub.count(error.code)
-            response.send_error(error.status, error.body())
+            response.fail(error)
 
     async def _forward(
         self,
@@ -714,10 +722,8 @@ class UpstreamForwarder:
             await self._exchange(pool, request, head, body, response, retried)
         except UpstreamFailure as error:
             self._hub.count(error.code)
-            if response.is_started and not response.retract():
-                response.abort()
-            elif not response.is_disconnected:
-                response.send_error(error.status, error.body(), headers=error.headers)
+            if response.is_started or not response.is_disconnected:
+                response.fail(error)
         except (ClientDisconnected, RequestError):
             # The client side failed (gone, body over the limit or too slow) and has been
             # answered there; the upstream exchange was cancelled with it.

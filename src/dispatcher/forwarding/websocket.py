@@ -278,7 +278,7 @@ async def serve_websocket(
     try:
         accept = accept_key(head)
     except BadRequest as error:
-        response.send_error(error.status, error.body())
+        response.fail(error)
         return
     session = WebSocketSession(response, accept)
     await session.run(app, websocket_scope(head, extensions, state))

@@ -17,7 +17,12 @@ import logging
 import socket
 from typing import Final
 
-from dispatcher.server.protocol import HttpProtocol, RequestHandler, ServerState
+from dispatcher.server.protocol import (
+    ExchangeObserver,
+    HttpProtocol,
+    RequestHandler,
+    ServerState,
+)
 from dispatcher.settings import Limits
 
 logger = logging.getLogger("dispatcher.server")
@@ -29,15 +34,31 @@ BACKLOG: Final = 2048
 class Listener:
     """One listening socket and its connections."""
 
-    __slots__ = ("_handler", "_limits", "_server", "_state", "_ticker", "sockets")
+    __slots__ = ("_handler", "_limits", "_observer", "_server", "_state", "_ticker", "sockets")
 
-    def __init__(self, handler: RequestHandler, limits: Limits) -> None:
+    def __init__(
+        self,
+        handler: RequestHandler,
+        limits: Limits,
+        *,
+        observer: ExchangeObserver | None = None,
+    ) -> None:
         self._handler = handler
         self._limits = limits
+        self._observer = observer
         self._server: asyncio.Server | None = None
         self._state: ServerState | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.sockets: list[socket.socket] = []
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now."""
+        return self._state.in_flight if self._state is not None else 0
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._state.connections) if self._state is not None else 0
 
     @property
     def port(self) -> int:
@@ -47,6 +68,7 @@ class Listener:
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         state = ServerState(loop, self._limits, self._handler)
+        state.observer = self._observer
         self._state = state
         self._server = await loop.create_server(
             lambda: HttpProtocol(state),

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import select
 from collections import deque
 from collections.abc import Coroutine
 from email.utils import formatdate
 from http import HTTPStatus
+from time import perf_counter
 from typing import Any, Final, Protocol, cast
 
 import httptools
 
+from dispatcher import outcomes
 from dispatcher.errors import (
     BadRequest,
     ExpectationFailed,
@@ -37,6 +40,7 @@ from dispatcher.errors import (
     InternalError,
     MethodNotAllowed,
     NotImplementedCoding,
+    Overloaded,
     PayloadTooLarge,
     RequestError,
     RequestTimeout,
@@ -80,6 +84,7 @@ _HEADER_LINE_CACHE_SIZE: Final = 1024
 
 # What on_header remembers besides storing the line (one dict lookup per header).
 _HOST, _EXPECT, _CONTENT_LENGTH, _CONNECTION, _TRANSFER_ENCODING, _UPGRADE = 1, 2, 3, 4, 5, 6
+_REQUEST_ID_HEADER: Final = 7
 _SPECIAL_HEADERS: Final = {
     b"host": _HOST,
     b"expect": _EXPECT,
@@ -87,7 +92,18 @@ _SPECIAL_HEADERS: Final = {
     b"connection": _CONNECTION,
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"upgrade": _UPGRADE,
+    b"x-request-id": _REQUEST_ID_HEADER,
 }
+REQUEST_ID: Final = b"x-request-id"
+# A client's id is kept when it is 1 to 200 visible ASCII characters: it goes into every log
+# line and back into a header, so nothing that could split either is taken.
+_VALID_REQUEST_ID: Final = re.compile(rb"[!-~]{1,200}")
+_REQUEST_ID_LINE: Final = re.compile(rb"^x-request-id:", re.IGNORECASE | re.MULTILINE)
+_OVER_CONNECTION_LIMIT: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%b"
+    % (len(Overloaded.connections_body), Overloaded.connections_body)
+)
 
 # Deadline kinds: what happens when ``_deadline`` passes.
 _NO_DEADLINE, _IDLE, _HEAD, _BODY, _DRAIN, _LINGER = 0, 1, 2, 3, 4, 5
@@ -109,6 +125,16 @@ class RequestHandler(Protocol):
         """Answer a request that failed before it could be handled (bad head, timeout)."""
         ...
 
+    def refuse(self, head: RequestHead, exchange: Exchange) -> None:
+        """Answer at once a request over the in-flight limit (a 503, or a health check)."""
+        ...
+
+
+class ExchangeObserver(Protocol):
+    """Told of every exchange once it is over (metrics, access log)."""
+
+    def exchange_done(self, exchange: Exchange) -> None: ...
+
 
 class ServerState:
     """Shared by the connections of one listener: coarse clock, Date line, live connections."""
@@ -123,6 +149,10 @@ class ServerState:
         "is_closing",
         "hosts",
         "header_lines",
+        "observer",
+        "in_flight",
+        "_id_prefix",
+        "_id_count",
     )
 
     def __init__(
@@ -141,7 +171,16 @@ class ServerState:
         # (name, value) -> serialized line for response headers already validated: workers
         # repeat the same few headers. Bounded; framing headers are never kept.
         self.header_lines: dict[tuple[bytes, bytes], bytes] = {}
+        self.observer: ExchangeObserver | None = None
+        self.in_flight = 0  # exchanges handed to the handler and not yet over
+        # Request ids: random per process, then a counter: unique without a syscall each.
+        self._id_prefix = os.urandom(5).hex().encode("ascii")
+        self._id_count = 0
         self.tick()
+
+    def new_request_id(self) -> bytes:
+        self._id_count += 1
+        return b"%s%010x" % (self._id_prefix, self._id_count)
 
     def tick(self) -> None:
         """Advance the coarse clock and the Date header, then expire overdue connections."""
@@ -295,6 +334,11 @@ class Exchange:
         "status",
         "task",
         "producer",
+        "outcome",
+        "started",
+        "handed_off",
+        "failure",
+        "_is_running",
     )
 
     def __init__(
@@ -325,6 +369,11 @@ class Exchange:
         self.status = 0
         self.task: asyncio.Task[None] | None = None
         self.producer: Producer | None = None
+        self.outcome = outcomes.ROUTED if error is None else error.outcome
+        self.started = perf_counter()
+        self.handed_off = 0.0
+        self.failure: str | None = None  # why the dispatcher answered an error (for the log)
+        self._is_running = False  # counted in ServerState.in_flight until _report
         if body is not None:
             body._exchange = self
 
@@ -356,6 +405,7 @@ class Exchange:
         parts = [_STATUS_LINES.get(status) or _status_line(status)]
         length = content_length
         lines = self._protocol.state.header_lines
+        has_request_id = False
         for name, value in headers:
             line = lines.get((name, value))
             if line is not None:
@@ -374,11 +424,15 @@ class Exchange:
                     self._must_close = True
                 continue
             line = name + b": " + value + b"\r\n"
+            if lname == REQUEST_ID:
+                has_request_id = True  # the worker's own; one per request: never cached
+                parts.append(line)
+                continue
             if len(lines) >= _HEADER_LINE_CACHE_SIZE:
                 lines.clear()
             lines[(name, value)] = line
             parts.append(line)
-        self._frame(status, length, parts)
+        self._frame(status, length, parts, has_request_id=has_request_id)
         self._is_started = True
         self.status = status
         self._pending = b"".join(parts)
@@ -390,7 +444,8 @@ class Exchange:
         if self._is_started:
             raise RuntimeError("response already started")
         parts = [_STATUS_LINES.get(status) or _status_line(status), header_block]
-        self._frame(status, content_length, parts, date=False)
+        has_request_id = _REQUEST_ID_LINE.search(header_block) is not None
+        self._frame(status, content_length, parts, date=False, has_request_id=has_request_id)
         self._is_started = True
         self.status = status
         self._pending = b"".join(parts)
@@ -402,10 +457,17 @@ class Exchange:
         self._protocol.write(_STATUS_LINES[101] + header_block + b"\r\n")
         if self.body is not None:
             self.body.answered()
+        self._report()
         return self._protocol.tunnel(self, peer)
 
     def _frame(
-        self, status: int, length: int | None, parts: list[bytes], *, date: bool = True
+        self,
+        status: int,
+        length: int | None,
+        parts: list[bytes],
+        *,
+        date: bool = True,
+        has_request_id: bool = False,
     ) -> None:
         """Decide how the body is delimited and add the framing headers (RFC 9112 §6)."""
         self._has_no_body = self._is_head_request or status < 200 or status in (204, 304)
@@ -425,6 +487,9 @@ class Exchange:
         if self._must_close or not self._keep_alive or self._protocol.state.is_closing:
             self._must_close = True
             parts.append(b"connection: close\r\n")
+        head = self.head
+        if head is not None and not has_request_id:
+            parts += (b"x-request-id: ", head.request_id, b"\r\n")
         if date:
             parts.append(self._protocol.state.date_line)
         parts.append(b"\r\n")
@@ -468,6 +533,7 @@ class Exchange:
         self._is_ended = True
         if self.body is not None:
             self.body.answered()
+        self._report()
         self._protocol.on_exchange_end(self)
 
     def abort(self) -> None:
@@ -478,6 +544,30 @@ class Exchange:
         self._is_ended = True
         self._must_close = True
         self._protocol.abort()
+        self._report()
+
+    def lost(self) -> None:
+        """The client left before the response was over (nginx's 499)."""
+        if self._is_running and not self._is_ended:
+            if self.outcome == outcomes.ROUTED:
+                self.outcome = outcomes.CLIENT_CLOSED
+            if not self._is_started:
+                self.status = outcomes.CLIENT_CLOSED_STATUS
+            self._report()
+
+    def run(self) -> None:
+        """The exchange is handed to the handler: it counts as in flight until reported."""
+        self._is_running = True
+        self._protocol.state.in_flight += 1
+
+    def _report(self) -> None:
+        if self._is_running:
+            self._is_running = False
+            state = self._protocol.state
+            state.in_flight -= 1
+            observer = state.observer
+            if observer is not None:
+                observer.exchange_done(self)
 
     def retract(self) -> bool:
         if not self._is_started or self._is_ended or not self._pending:
@@ -492,10 +582,19 @@ class Exchange:
         if self._is_started:
             self.abort()
             return
-        extra = _JSON_HEADERS if headers is None else _JSON_HEADERS + headers
+        extra = _JSON_HEADERS if not headers else _JSON_HEADERS + headers
         self.start(status, extra, content_length=len(body))
         self.write(body)
         self.end()
+
+    def fail(self, error: RequestError) -> None:
+        self.outcome = error.outcome
+        self.failure = error.message
+        if not self.retract():
+            self.abort()
+            return
+        # The body keeps the seed's shape; the request id travels in the X-Request-Id header.
+        self.send_error(error.status, error.body(), headers=error.headers)
 
     @property
     def must_close(self) -> bool:
@@ -513,16 +612,19 @@ class Exchange:
     def on_task_done(self, task: asyncio.Task[None]) -> None:
         """A handler task ended: a response it left unfinished must not look complete."""
         if not task.cancelled() and task.exception() is not None:
-            logger.error("handler failed", exc_info=task.exception())
+            self.outcome = outcomes.INTERNAL_ERROR
+            logger.error(
+                "handler failed",
+                exc_info=task.exception(),
+                extra={"request_id": self.head.request_id.decode() if self.head else None},
+            )
         if not self._is_ended:
             if self._is_started or self.is_disconnected:
+                if self.is_disconnected:
+                    self.lost()
                 self.abort()
             else:
-                self.send_error(
-                    500,
-                    b'{"error": "Internal server error", '
-                    b'"message": "worker returned without a response"}',
-                )
+                self.fail(InternalError("worker returned without a response"))
 
 
 def _declared_length(value: bytes) -> int:
@@ -577,6 +679,8 @@ class HttpProtocol(asyncio.Protocol):
         "_upgrade",
         "_tunnel",
         "_upgrade_buffer",
+        "_request_id",
+        "_write_paused_at",
         "is_client_gone",
     )
 
@@ -618,6 +722,8 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade: bytes | None = None
         self._tunnel: TunnelPeer | None = None
         self._upgrade_buffer = b""
+        self._request_id: bytes | None = None
+        self._write_paused_at = 0.0
         self.is_client_gone = False  # the client closed its side (EOF) or the connection
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -626,9 +732,18 @@ class HttpProtocol(asyncio.Protocol):
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        connections = self.state.connections
+        if len(connections) >= self._limits.max_connections:
+            # Over the limit: a fast, clear refusal; the accept loop and the connections
+            # already open are not slowed down by one more.
+            self._is_parser_dead = True
+            self.transport = None
+            transport.write(_OVER_CONNECTION_LIMIT)
+            transport.close()
+            return
         self._client = _address(transport.get_extra_info("peername"))
         self._server = _address(transport.get_extra_info("sockname"))
-        self.state.connections.add(self)
+        connections.add(self)
         self._arm(_IDLE, self._limits.keepalive_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -641,6 +756,8 @@ class HttpProtocol(asyncio.Protocol):
             if exchange is not None and exchange.body is not None:
                 exchange.body.fail(lost)
         active = self._active
+        if active is not None:
+            active.lost()
         if active is not None and active.producer is not None:
             active.producer.cancel()  # an upstream response nobody will read
         tunnel, self._tunnel = self._tunnel, None
@@ -727,6 +844,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._is_write_paused = True
+        self._write_paused_at = self.state.now
         producer = self._producer()
         if producer is not None:
             producer.pause_reading()
@@ -760,6 +878,7 @@ class HttpProtocol(asyncio.Protocol):
         self._transfer_encoding = None
         self._in_trailers = False
         self._upgrade = None
+        self._request_id = None
         if self._deadline_kind != _HEAD:  # armed by data_received on the first byte
             self._arm(_HEAD, self._limits.header_timeout)
 
@@ -808,8 +927,12 @@ class HttpProtocol(asyncio.Protocol):
             self._is_chunked = True
             previous = self._transfer_encoding
             self._transfer_encoding = value if previous is None else previous + b"," + value
-        else:
+        elif special == _UPGRADE:
             self._upgrade = value
+        elif self._request_id is None and _VALID_REQUEST_ID.fullmatch(value) is not None:
+            self._request_id = value
+        else:
+            self._headers.pop()  # a second id, or one unfit for logs: ours replaces it
 
     def on_headers_complete(self) -> None:
         self._head_bytes = 0
@@ -877,6 +1000,10 @@ class HttpProtocol(asyncio.Protocol):
             upgrade.lower() != b"websocket" or not self._parser.should_upgrade()
         ):
             upgrade = None  # only WebSocket is switched to; h2c and the rest are plain HTTP
+        request_id = self._request_id
+        if request_id is None:
+            request_id = self.state.new_request_id()
+            self._headers.append((REQUEST_ID, request_id))
         return RequestHead(
             method,
             target,
@@ -892,6 +1019,7 @@ class HttpProtocol(asyncio.Protocol):
             self._connection,
             upgrade,
             path == raw_path,
+            request_id,
         )
 
     def _canonical_host(self, version: str) -> str:
@@ -949,11 +1077,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self._active = exchange
+        state = self.state
+        exchange.run()
         if exchange.error is not None:
-            self.state.handler.handle_error(exchange.error, exchange)
+            state.handler.handle_error(exchange.error, exchange)
             return
-        assert exchange.head is not None and exchange.body is not None
-        coroutine = self.state.handler.handle(exchange.head, exchange.body, exchange)
+        head = exchange.head
+        assert head is not None and exchange.body is not None
+        if state.in_flight > self._limits.max_in_flight:
+            state.handler.refuse(head, exchange)
+            return
+        coroutine = state.handler.handle(head, exchange.body, exchange)
         if coroutine is not None:
             task = self.loop.create_task(coroutine)
             exchange.task = task
@@ -1053,6 +1187,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Called by the listener's sweep; acts on an overdue head, body or idle wait."""
+        if self._is_write_paused and now - self._write_paused_at > self._limits.send_timeout:
+            # The client stopped reading (nginx's send_timeout): cut it, which also cancels
+            # the upstream exchange or tunnel that was feeding it.
+            logger.info("client did not read for %.0f s; closing", self._limits.send_timeout)
+            self.is_client_gone = True
+            self.abort()
+            return
         if (
             self._is_reading_paused
             and self.transport is not None

@@ -1,0 +1,191 @@
+"""JSON-lines logging on stderr, the access log and the error log of requests.
+
+Every record goes through the standard ``logging`` module and comes out as one JSON object
+per line (``JsonFormatter``). Fields given in ``extra=`` become top-level keys.
+
+The access log is kept off the request's path: a finished exchange appends a tuple of
+values it already has (``AccessLog.record``); the tuples become log records in batches, on
+a timer or when many are waiting, so the formatting cost is paid outside the request and
+the request's latency does not include it. Nothing secret is ever logged: no header is
+logged but the ``User-Agent``, and the query string (which may carry credentials) is not.
+
+Example::
+
+    configure_logging("info")
+    access = AccessLog(environment="production", namespace="dotdo-production")
+    metrics = RequestMetrics("production", access_log=access, error_log=ErrorLog(...))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from dispatcher import outcomes
+
+if TYPE_CHECKING:
+    from dispatcher.server.protocol import Exchange
+
+LEVELS: Final = ("debug", "info", "warning", "error")
+ACCESS_LOGGER: Final = "dispatcher.access"
+FLUSH_SECONDS: Final = 0.25
+FLUSH_BATCH: Final = 1024
+# LogRecord attributes that are not ``extra=`` fields.
+_RECORD_FIELDS: Final = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    | {"message", "asctime", "taskName"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``ts``, ``level``, ``logger``, ``message``, the ``extra``
+    fields, and ``exception`` with the traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS:
+                fields[key] = value
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return json.dumps(fields, default=str, ensure_ascii=False)
+
+
+def _iso(created: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+
+
+def configure_logging(level: str, *, stream: Any = None) -> None:
+    """JSON lines on stderr (or ``stream``) at ``level``; replaces any earlier handler."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r} (one of {', '.join(LEVELS)})")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+
+
+def request_fields(exchange: Exchange, finished: float) -> dict[str, Any]:
+    """What every log line about a request carries."""
+    head = exchange.head
+    route = head.route if head is not None else None
+    fields: dict[str, Any] = {
+        "request_id": head.request_id.decode("ascii") if head is not None else None,
+        "method": head.method if head is not None else None,
+        "host": head.host if head is not None else None,
+        "path": head.path if head is not None else None,
+        "status": exchange.status,
+        "outcome": outcomes.NAMES[exchange.outcome],
+        "service": route.service if route is not None else None,
+        "worker": route.worker if route is not None else None,
+        "duration_ms": round((finished - exchange.started) * 1000, 3),
+        "client": head.client[0] if head is not None and head.client is not None else None,
+    }
+    if exchange.failure is not None:
+        fields["reason"] = exchange.failure
+    return fields
+
+
+class ErrorLog:
+    """Logs, at once, every request the dispatcher answered with an error of its own."""
+
+    __slots__ = ("_context", "_logger")
+
+    # The dispatcher's own failures (5xx) are warnings; a client's mistakes are info.
+    _LEVELS: Final = {
+        outcomes.CONFIG_ERROR: logging.ERROR,
+        outcomes.INTERNAL_ERROR: logging.ERROR,
+        outcomes.BAD_GATEWAY: logging.WARNING,
+        outcomes.GATEWAY_TIMEOUT: logging.WARNING,
+        outcomes.OVERLOADED: logging.WARNING,
+    }
+
+    def __init__(self, *, environment: str, namespace: str) -> None:
+        self._context = {"environment": environment, "namespace": namespace}
+        self._logger = logging.getLogger("dispatcher.request")
+
+    def error(self, exchange: Exchange, finished: float) -> None:
+        level = self._LEVELS.get(exchange.outcome, logging.INFO)
+        if not self._logger.isEnabledFor(level):
+            return
+        fields = request_fields(exchange, finished)
+        fields.update(self._context)
+        self._logger.log(
+            level,
+            "%s %s%s -> %d %s",
+            fields["method"],
+            fields["host"],
+            fields["path"],
+            exchange.status,
+            fields["outcome"],
+            extra=fields,
+        )
+
+
+class AccessLog:
+    """One line per request on the ``dispatcher.access`` logger, formatted in batches."""
+
+    __slots__ = ("_context", "_logger", "_pending", "_task")
+
+    def __init__(self, *, environment: str, namespace: str) -> None:
+        self._context = {"environment": environment, "namespace": namespace}
+        self._logger = logging.getLogger(ACCESS_LOGGER)
+        self._pending: list[tuple[Exchange, float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, exchange: Exchange, finished: float, wall: float) -> None:
+        pending = self._pending
+        pending.append((exchange, finished, wall))
+        if len(pending) >= FLUSH_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        logger = self._logger
+        if not pending or not logger.isEnabledFor(logging.INFO):
+            return
+        for exchange, finished, wall in pending:
+            fields = request_fields(exchange, finished)
+            fields.update(self._context)
+            record = logger.makeRecord(
+                logger.name,
+                logging.INFO,
+                "",
+                0,
+                "%s %s%s %d",
+                (fields["method"], fields["host"], fields["path"], exchange.status),
+                None,
+                extra=fields,
+            )
+            record.created = wall
+            logger.handle(record)
+
+    async def __aenter__(self) -> AccessLog:
+        self._task = asyncio.get_running_loop().create_task(self._flush_regularly())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.flush()
+
+    async def _flush_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            self.flush()
