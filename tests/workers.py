@@ -7,6 +7,7 @@ Each answers JSON naming itself in ``app``, so a test can tell which deployment 
 * ``identity_v2``: the same, as a second version of a service;
 * ``header_lines``: every header line as received, in order, repeats kept;
 * ``digest``: the sha256 and length of the request body, read chunk by chunk;
+* ``process``: the pid of the process that served it, after ``?sleep=S`` seconds;
 * ``raising``: raises before answering, as a broken worker does.
 
 They return at once on a ``lifespan`` scope, which the dispatcher reads as "no lifespan".
@@ -14,9 +15,12 @@ They return at once on a ``lifespan`` scope, which the dispatcher reads as "no l
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 from typing import Any
+from urllib.parse import parse_qsl
 
 from dispatcher.types import Receive, Scope, Send
 
@@ -53,6 +57,17 @@ async def digest(scope: Scope, receive: Receive, send: Send) -> None:
             send,
             {"app": "digest", "sha256": hashlib.sha256(body).hexdigest(), "length": len(body)},
         )
+
+
+async def process(scope: Scope, receive: Receive, send: Send) -> None:
+    """Names the process that served the request; ``?sleep=S`` answers after S seconds (a
+    request still in flight when the process is told to stop)."""
+    if scope["type"] == "http":
+        await _read_body(receive)
+        query = dict(parse_qsl(scope["query_string"].decode()))
+        if "sleep" in query:
+            await asyncio.sleep(float(query["sleep"]))
+        await _send_json(send, {"app": "process", "pid": os.getpid()})
 
 
 async def raising(scope: Scope, receive: Receive, send: Send) -> None:

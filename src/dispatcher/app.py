@@ -24,7 +24,7 @@ from dispatcher.admin import DeployAPI
 from dispatcher.auth import BearerTokenAuth, ensure_token_file
 from dispatcher.console import Console
 from dispatcher.dispatch import Dispatcher
-from dispatcher.errors import ListenFailed
+from dispatcher.errors import ConfigError, ListenFailed
 from dispatcher.forwarding.asgi import AppHandler, AppHost
 from dispatcher.forwarding.upstream import UpstreamHub
 from dispatcher.logs import AccessLog, ErrorLog
@@ -65,6 +65,9 @@ class RunningDispatcher:
     metrics: RequestMetrics
     sample: Callable[[], ProcessSample]
     """This process's metrics now (what ``/metrics`` renders, with its peers' in a group)."""
+    reload: Callable[[], Awaitable[dict[str, Any]]]
+    """Re-read the configuration and apply what can change live (SIGHUP, ``POST /reload``);
+    ``ConfigError`` when it is invalid, and the old one keeps serving."""
 
     @property
     def replica_id(self) -> str:
@@ -95,8 +98,19 @@ async def running(
     *,
     apps: Mapping[str, ASGIApp] | None = None,
     prepare: Preparation | None = None,
+    load_settings: Callable[[], Settings] | None = None,
+    on_reload: Callable[[], None] | None = None,
+    serve_traffic: bool = True,
+    reuse_port: bool = False,
+    group_samples: Callable[[], list[ProcessSample]] | None = None,
 ) -> AsyncIterator[RunningDispatcher]:
-    """Start everything ``settings`` describes; ``apps`` preloads worker apps by import path."""
+    """Start everything ``settings`` describes; ``apps`` preloads worker apps by import path.
+
+    ``load_settings`` re-reads the configuration on a reload (with the same command-line
+    overrides); ``on_reload`` runs after a reload succeeded (a process group passes it on).
+    A process group's supervisor runs with ``serve_traffic=False`` and renders
+    ``group_samples`` at ``/metrics``; its serving processes bind with ``reuse_port``.
+    """
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(
             open_store(settings.store_url, timeout=settings.store_timeout)
@@ -125,6 +139,42 @@ async def running(
             dispatcher.snapshot = built
             heartbeat.applied(built.revision)
 
+        async def reload() -> dict[str, Any]:
+            """What a reload can change without a restart; the rest is named in a warning."""
+            if load_settings is None:
+                raise ConfigError("this dispatcher was not started from a configuration source")
+            new = load_settings()
+            kept = restart_only_changes(settings, new)
+            if kept:
+                logger.warning("reload: %s take effect only on restart", ", ".join(kept))
+            await store.ensure_namespaces(new.bindings.values())
+            await apply_declared_workers(store, new.workers)
+            rebuilt = SnapshotBuilder(
+                new.routes, new.environment, new.namespace, app_host, upstreams
+            )
+            patterns = new.route_patterns if new.enforce_route_patterns else ()
+
+            def swap(built: Snapshot) -> None:
+                dispatcher.reconfigure(built, new.own_hosts, patterns)
+                heartbeat.applied(built.revision)
+
+            await watcher.rebuild(rebuilt, swap)
+            logger.info(
+                "configuration reloaded: %d routes, namespace %s, revision %d",
+                len(new.routes.routes),
+                new.namespace,
+                dispatcher.snapshot.revision,
+            )
+            if on_reload is not None:
+                on_reload()
+            return {
+                "environment": new.environment,
+                "namespace": new.namespace,
+                "routes": len(new.routes.routes),
+                "revision": dispatcher.snapshot.revision,
+                "restart_required": kept,
+            }
+
         watcher = SnapshotWatcher(
             store,
             builder,
@@ -146,10 +196,12 @@ async def running(
             )
 
         async def metrics_text() -> bytes:
-            return render([sample()], settings.environment)
+            samples = group_samples() if group_samples is not None else [sample()]
+            return render(samples, settings.environment)
 
-        await _start(listener, settings.host, settings.port, "")
-        stack.push_async_callback(listener.stop, settings.limits.drain_timeout)
+        if serve_traffic:
+            await _start(listener, settings.host, settings.port, "", reuse_port=reuse_port)
+            stack.push_async_callback(listener.stop, settings.limits.drain_timeout)
         auth = admin_auth(settings)
         api = DeployAPI(
             store,
@@ -158,27 +210,36 @@ async def running(
             bindings=settings.bindings,
             served=settings.namespace,
             metrics=metrics_text,
+            reload=reload,
         )
         console = await stack.enter_async_context(Console(api, auth, store, replicas, settings))
         admin_listener = Listener(AppHandler(console), admin_limits(settings))
         await _start(admin_listener, settings.admin.host, settings.admin.port, " (admin API)")
-        stack.push_async_callback(admin_listener.stop, settings.limits.drain_timeout)
+        grace = settings.limits.drain_timeout
+
+        async def stop_listeners() -> None:
+            # The main listener drains first, while /ready and /metrics still answer; then
+            # the admin listener. (Stopping a listener twice is harmless.)
+            await listener.stop(grace)
+            await admin_listener.stop(grace)
+
+        stack.push_async_callback(stop_listeners)
+        listens = {"listen": _address(settings.host, listener.port)} if serve_traffic else {}
         await heartbeat.describe(
             replica_info(
-                settings,
-                listen=_address(settings.host, listener.port),
-                admin=_address(settings.admin.host, admin_listener.port),
+                settings, **listens, admin=_address(settings.admin.host, admin_listener.port)
             )
         )
-        logger.info(
-            "dispatcher serving %s on %s:%d (namespace %s, revision %d, %d workers)",
-            settings.environment,
-            settings.host,
-            listener.port,
-            settings.namespace,
-            snapshot.revision,
-            len(snapshot.namespace.workers) if snapshot.namespace else 0,
-        )
+        if serve_traffic:
+            logger.info(
+                "dispatcher serving %s on %s:%d (namespace %s, revision %d, %d workers)",
+                settings.environment,
+                settings.host,
+                listener.port,
+                settings.namespace,
+                snapshot.revision,
+                len(snapshot.namespace.workers) if snapshot.namespace else 0,
+            )
         logger.info(
             "Deploy API on %s:%d (%s)",
             settings.admin.host,
@@ -195,7 +256,16 @@ async def running(
             replicas,
             metrics,
             sample,
+            reload,
         )
+
+
+RESTART_ONLY: Final = ("host", "port", "store_url", "store_timeout", "limits", "proxy", "admin")
+
+
+def restart_only_changes(old: Settings, new: Settings) -> list[str]:
+    """Settings a reload cannot apply to a running process (listeners, store, pools)."""
+    return [name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)]
 
 
 async def request_metrics(stack: AsyncExitStack, settings: Settings) -> RequestMetrics:
@@ -204,7 +274,8 @@ async def request_metrics(stack: AsyncExitStack, settings: Settings) -> RequestM
     access = None
     if settings.access_log:
         access = await stack.enter_async_context(AccessLog(**context))
-    return RequestMetrics(settings.environment, access_log=access, error_log=ErrorLog(**context))
+    errors = ErrorLog(**context, client_errors=access is None)
+    return RequestMetrics(settings.environment, access_log=access, error_log=errors)
 
 
 def process_gauges(
@@ -260,9 +331,11 @@ def admin_limits(settings: Settings) -> Limits:
     return replace(settings.limits, max_body_bytes=settings.admin.max_body_bytes)
 
 
-async def _start(listener: Listener, host: str, port: int, role: str) -> None:
+async def _start(
+    listener: Listener, host: str, port: int, role: str, *, reuse_port: bool = False
+) -> None:
     try:
-        await listener.start(host, port)
+        await listener.start(host, port, reuse_port=reuse_port)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ListenFailed(f"cannot listen on {_address(host, port)}{role}: {reason}") from exc

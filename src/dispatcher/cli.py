@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import resource
 import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,9 +26,17 @@ import click
 import uvloop
 
 from dispatcher.admin_client import AdminClient, worker_path
-from dispatcher.app import Preparation, running
+from dispatcher.app import Preparation, RunningDispatcher, running
 from dispatcher.auth import generate_token, hash_token
-from dispatcher.errors import AdminClientError, BadRequest, ConfigError, ListenFailed, StoreError
+from dispatcher.errors import (
+    AdminClientError,
+    BadRequest,
+    ConfigError,
+    DispatcherError,
+    ListenFailed,
+    StoreError,
+)
+from dispatcher.group import ProcessGroup, die_with_supervisor, publish_samples, reserve_port
 from dispatcher.logs import LEVELS, configure_logging
 from dispatcher.normalize import normalize_host, normalize_path
 from dispatcher.routing import RuleKind
@@ -33,6 +45,8 @@ from dispatcher.store import RegistryStore
 from dispatcher.types import WorkerName
 from dispatcher.workers import AppTarget, UpstreamTarget, parse_upstream_url, validate_name
 
+logger = logging.getLogger("dispatcher")
+_EARLY_SIGHUP = threading.Event()
 ECHO_APP = "dispatcher.echo:app"
 DEV_PORT = 8787
 
@@ -93,6 +107,16 @@ def main() -> None:
 )
 @log_level_option
 @access_log_option
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Serving processes sharing the port (SO_REUSEPORT); this one supervises them and "
+    "keeps the Deploy API, whose /metrics sums them all.",
+)
+@click.option("--serving-only", is_flag=True, hidden=True)
+@click.option("--metrics-dir", default=None, hidden=True)
 def serve(
     config_path: str | None,
     host: str | None,
@@ -101,14 +125,67 @@ def serve(
     admin_port: int | None,
     log_level: str,
     access_log: bool,
+    processes: int,
+    serving_only: bool,
+    metrics_dir: str | None,
 ) -> None:
-    """Serve routed traffic until SIGINT or SIGTERM."""
+    """Serve routed traffic until SIGINT or SIGTERM; SIGHUP reloads the configuration."""
     _configure_logging(log_level)
-    settings = _load(
-        config_path, host=host, port=port, admin_host=admin_host, admin_port=admin_port
-    )
-    settings = replace(settings, access_log=access_log)
-    _run(settings, announce=_announce_serve)
+    _raise_open_files_limit()
+
+    def load() -> Settings:
+        loaded = Settings.load(
+            config_path,
+            os.environ,
+            host=host,
+            port=port,
+            admin_host=admin_host,
+            admin_port=admin_port,
+        )
+        return replace(loaded, access_log=access_log)
+
+    if serving_only:
+        # A SIGHUP (the group reloading) may come while this member is still starting: it
+        # must not kill it, nor be lost; it is noted and applied once serving.
+        signal.signal(signal.SIGHUP, lambda *_: _EARLY_SIGHUP.set())
+        die_with_supervisor()
+    settings = _checked(load)
+    if serving_only:
+        # A member of a process group: the supervisor owns the Deploy API's address.
+        admin = replace(settings.admin, host="127.0.0.1", port=0)
+
+        def load_member() -> Settings:
+            return replace(load(), admin=admin)
+
+        _run(load_member(), announce=_quiet, load_settings=load_member, member_of=metrics_dir)
+    elif processes > 1:
+        command = [sys.executable, "-m", "dispatcher", "serve", "--serving-only"]
+        command += ["--config", config_path] if config_path else []
+        command += ["--host", settings.host, "--log-level", log_level]
+        command += [] if access_log else ["--no-access-log"]
+        _run(settings, announce=_announce_serve, load_settings=load, group=(processes, command))
+    else:
+        _run(settings, announce=_announce_serve, load_settings=load)
+
+
+def _raise_open_files_limit() -> None:
+    """Every connection is a descriptor (two when proxied): take the hard limit, as nginx's
+    worker_rlimit_nofile would, so limits.max_connections is not cut short by EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _checked(load: Callable[[], Settings]) -> Settings:
+    try:
+        return load()
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+
+
+def _quiet(settings: Settings, url: str) -> None:
+    """Group members do not announce themselves: the supervisor did."""
 
 
 @main.command()
@@ -295,9 +372,15 @@ def _run(
     *,
     announce: Callable[[Settings, str], None],
     prepare: Preparation | None = None,
+    load_settings: Callable[[], Settings] | None = None,
+    group: tuple[int, list[str]] | None = None,
+    member_of: str | None = None,
 ) -> None:
     try:
-        uvloop.run(_serve_until_signal(settings, announce, prepare))
+        if group is not None:
+            uvloop.run(_supervise(settings, announce, load_settings, *group))
+        else:
+            uvloop.run(_serve_until_signal(settings, announce, prepare, load_settings, member_of))
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
     except StoreError as exc:
@@ -312,15 +395,95 @@ def _run(
 
 
 async def _serve_until_signal(
-    settings: Settings, announce: Callable[[Settings, str], None], prepare: Preparation | None
+    settings: Settings,
+    announce: Callable[[Settings, str], None],
+    prepare: Preparation | None,
+    load_settings: Callable[[], Settings] | None,
+    member_of: str | None,
 ) -> None:
+    stop = _stop_on_signals()
+    async with running(
+        settings,
+        prepare=prepare,
+        load_settings=load_settings,
+        reuse_port=member_of is not None,
+    ) as dispatcher:
+        _reload_on_sighup(dispatcher)
+        if _EARLY_SIGHUP.is_set():
+            os.kill(os.getpid(), signal.SIGHUP)  # the one that came during startup
+        publishing = None
+        if member_of is not None:
+            publishing = asyncio.create_task(publish_samples(dispatcher.sample, member_of))
+        announce(settings, dispatcher.url)
+        await stop.wait()
+        if publishing is not None:
+            publishing.cancel()
+            with suppress(asyncio.CancelledError):
+                await publishing
+
+
+async def _supervise(
+    settings: Settings,
+    announce: Callable[[Settings, str], None],
+    load_settings: Callable[[], Settings] | None,
+    count: int,
+    command: list[str],
+) -> None:
+    """The supervisor of ``serve --processes N``: the port, the admin listener, N members."""
+    stop = _stop_on_signals()
+    reserved = reserve_port(settings.host, settings.port)
+    port = int(reserved.getsockname()[1])
+    with reserved, tempfile.TemporaryDirectory(prefix="dispatcher-metrics-") as directory:
+        members = ProcessGroup(
+            [*command, "--port", str(port), "--metrics-dir", directory],
+            count=count,
+            metrics_dir=directory,
+        )
+        async with running(
+            settings,
+            load_settings=load_settings,
+            on_reload=lambda: members.signal(signal.SIGHUP),
+            serve_traffic=False,
+            group_samples=members.samples,
+        ) as dispatcher:
+            _reload_on_sighup(dispatcher)
+            async with members:
+                announce(settings, f"http://{_host_port(settings.host, port)}")
+                await stop.wait()
+                await members.stop(settings.limits.drain_timeout)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running(settings, prepare=prepare) as dispatcher:
-        announce(settings, dispatcher.url)
-        await stop.wait()
+    return stop
+
+
+def _reload_on_sighup(dispatcher: RunningDispatcher) -> None:
+    """SIGHUP re-reads the configuration; an invalid one is logged and the old one serves."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            await dispatcher.reload()
+        except ConfigError as exc:
+            logger.error("reload refused; the running configuration keeps serving: %s", exc)
+        except DispatcherError as exc:
+            logger.error("reload failed; the running configuration keeps serving: %s", exc)
+
+    def start() -> None:
+        task = loop.create_task(reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, start)
 
 
 def _announce_serve(settings: Settings, url: str) -> None:
@@ -454,6 +617,24 @@ def rollback(name: str, env: str | None, as_json: bool) -> None:
         f"{record['version']}, {_describe_target(record['target'])}"
     )
     _warn_if_pending(record)
+
+
+@main.command()
+@json_option
+def reload(as_json: bool) -> None:
+    """Re-read the configuration file of the running dispatcher and apply it (as SIGHUP
+    does); an invalid file is refused and the running configuration keeps serving."""
+    with _admin() as client:
+        applied = client.call("POST", "/reload")
+    if as_json:
+        _print_json(applied)
+        return
+    click.echo(
+        f"reloaded: {applied['routes']} routes, {applied['environment']} "
+        f"({applied['namespace']}), revision {applied['revision']}"
+    )
+    if applied.get("restart_required"):
+        click.echo(f"needs a restart to change: {', '.join(applied['restart_required'])}", err=True)
 
 
 @main.command()

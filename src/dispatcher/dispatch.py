@@ -35,6 +35,18 @@ class Dispatcher:
 
     __slots__ = ("snapshot", "_own_hosts", "_accept_patterns")
 
+    def reconfigure(
+        self,
+        snapshot: Snapshot,
+        own_hosts: frozenset[str],
+        accept_patterns: tuple[RoutePattern, ...],
+    ) -> None:
+        """Swap the snapshot and the host rules together (a reload): no await between them,
+        so no request sees one without the other."""
+        self.snapshot = snapshot
+        self._own_hosts = own_hosts
+        self._accept_patterns = accept_patterns
+
     def __init__(
         self,
         snapshot: Snapshot,

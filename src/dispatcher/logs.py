@@ -101,9 +101,13 @@ def request_fields(exchange: Exchange, finished: float) -> dict[str, Any]:
 
 
 class ErrorLog:
-    """Logs, at once, every request the dispatcher answered with an error of its own."""
+    """Logs, at once, every request the dispatcher answered with an error of its own.
 
-    __slots__ = ("_context", "_logger")
+    A client's mistake (404, 400, a client that left) is already a full line of the access
+    log, reason included: with the access log on, only the dispatcher's own failures (5xx)
+    get a line here too."""
+
+    __slots__ = ("_context", "_logger", "_client_errors")
 
     # The dispatcher's own failures (5xx) are warnings; a client's mistakes are info.
     _LEVELS: Final = {
@@ -114,12 +118,17 @@ class ErrorLog:
         outcomes.OVERLOADED: logging.WARNING,
     }
 
-    def __init__(self, *, environment: str, namespace: str) -> None:
+    def __init__(self, *, environment: str, namespace: str, client_errors: bool = True) -> None:
         self._context = {"environment": environment, "namespace": namespace}
         self._logger = logging.getLogger("dispatcher.request")
+        self._client_errors = client_errors
 
     def error(self, exchange: Exchange, finished: float) -> None:
-        level = self._LEVELS.get(exchange.outcome, logging.INFO)
+        level = self._LEVELS.get(exchange.outcome)
+        if level is None:
+            if not self._client_errors:
+                return
+            level = logging.INFO
         if not self._logger.isEnabledFor(level):
             return
         fields = request_fields(exchange, finished)

@@ -116,11 +116,17 @@ class RequestMetrics:
         finished = perf_counter()
         head = exchange.head
         route = head.route if head is not None else None
+        outcome = exchange.outcome
+        if route is None and outcome == outcomes.ROUTED:
+            # Only the dispatcher's own /health answers like this: a load balancer's probes
+            # are not traffic, and would inflate the routing success rate. Logged, not counted.
+            if self._access is not None:
+                self._access.record(exchange, finished, time())
+            return
         key = (route.service, route.worker) if route is not None else ("", "")
         counters = self._by_route.get(key)
         if counters is None:
             counters = self._by_route[key] = _WorkerCounters()
-        outcome = exchange.outcome
         status = exchange.status
         counters.requests[outcome * _STATUS_CLASSES + (status // 100 if status < 1000 else 0)] += 1
         started = exchange.started

@@ -148,6 +148,16 @@ class SnapshotWatcher:
                 except asyncio.CancelledError:
                     pass
 
+    async def rebuild(self, builder: SnapshotBuilder, install: Callable[[Snapshot], None]) -> None:
+        """Follow ``builder`` from now on (a reload): build its snapshot and hand it to
+        ``install``, under the refresh lock, so an older builder's snapshot never lands after."""
+        async with self._refreshing:
+            snapshot = await builder.build(self._store)
+            self._builder = builder
+            self._revision = snapshot.revision
+            install(snapshot)
+            self.synced_at = time.monotonic()
+
     async def refresh(self) -> bool:
         """Install a new snapshot if the store moved on; True when one was installed.
 

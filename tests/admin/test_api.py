@@ -88,6 +88,7 @@ async def test_openapi_document_is_generated_from_the_route_table(admin: Api) ->
             ("/health", "GET"),
             ("/ready", "GET"),
             ("/metrics", "GET"),
+            ("/reload", "POST"),
             ("/openapi.json", "GET"),
             ("/namespaces", "GET"),
             ("/namespaces/{namespace}", "PUT"),

@@ -19,7 +19,11 @@ from tests.test_cli import CLEAN_ENV, DISPATCHER, ROOT, free_port, wait_for_port
 
 TOKEN: Final = "sekret-admin-token-0123456789abcdef"
 CLIENT_SECRET: Final = "Bearer client-password-98765"
-CONFIG: Final = '[workers.dotdo-development]\ngateway = { app = "tests.workers:identity" }\n'
+CONFIG: Final = (
+    "[workers.dotdo-development]\n"
+    'gateway = { app = "tests.workers:identity" }\n'
+    'auth = { app = "tests.workers:raising" }\n'
+)
 
 
 def request(port: int, host: str, path: str, headers: dict[str, str] | None = None) -> int:
@@ -67,6 +71,7 @@ def traffic(port: int, admin_port: int) -> None:
     assert request(port, "gateway.do", "/hello?token=abc", secret) == 200
     assert request(port, "db.do", "/missing", {"X-Request-Id": "trace-me-2"}) == 404
     assert request(port, "nowhere.example", "/x") == 404
+    assert request(port, "auth.do", "/boom", {"X-Request-Id": "trace-me-3"}) == 500
     assert (
         request(admin_port, "127.0.0.1", "/namespaces", {"Authorization": f"Bearer {TOKEN}"}) == 200
     )
@@ -91,6 +96,7 @@ def test_one_access_line_per_routed_request(lines: list[dict[str, Any]]) -> None
         ("gateway.do", "/hello", 200, "routed"),
         ("db.do", "/missing", 404, "not_deployed"),
         ("nowhere.example", "/x", 404, "service_not_found"),
+        ("auth.do", "/boom", 500, "internal_error"),
     ]
     first = access[0]
     assert first["request_id"] == "trace-me-1"
@@ -105,16 +111,33 @@ def test_one_access_line_per_routed_request(lines: list[dict[str, Any]]) -> None
 def test_errors_are_logged_with_their_requests_context(lines: list[dict[str, Any]]) -> None:
     errors = [line for line in lines if line["logger"] == "dispatcher.request"]
     by_id = {line["request_id"]: line for line in errors}
-    not_deployed = by_id["trace-me-2"]
-    assert not_deployed["outcome"] == "not_deployed"
-    assert (not_deployed["method"], not_deployed["host"], not_deployed["path"]) == (
-        "GET",
-        "db.do",
-        "/missing",
+    failed = by_id["trace-me-3"]
+    assert (failed["level"], failed["outcome"], failed["status"]) == (
+        "error",
+        "internal_error",
+        500,
     )
-    assert (not_deployed["service"], not_deployed["environment"]) == ("db", "development")
-    assert not_deployed["namespace"] == "dotdo-development"
-    assert not_deployed["duration_ms"] >= 0
+    assert (failed["method"], failed["host"], failed["path"]) == ("GET", "auth.do", "/boom")
+    assert (failed["service"], failed["worker"]) == ("auth", "auth")
+    assert (failed["environment"], failed["namespace"]) == ("development", "dotdo-development")
+    assert failed["duration_ms"] >= 0
+    assert "worker" in failed["reason"] or "Unexpected" in failed["reason"]
+    # The worker's traceback is logged too, with the same request id.
+    traced = [line for line in lines if "worker exploded" in line.get("exception", "")]
+    assert [line["request_id"] for line in traced] == ["trace-me-3"]
+    # A client's mistake is one access line, reason included; not a second error line.
+    assert "trace-me-2" not in by_id
+    access = {line["request_id"]: line for line in lines if line["logger"] == "dispatcher.access"}
+    assert access["trace-me-2"]["reason"] == 'Worker "db" not found in development namespace'
+
+
+def test_without_the_access_log_client_errors_get_their_own_line(tmp_path: Path) -> None:
+    lines = run_and_stop(tmp_path, "--no-access-log", traffic=traffic)
+    errors = {line["request_id"]: line for line in lines if line["logger"] == "dispatcher.request"}
+    assert (errors["trace-me-2"]["level"], errors["trace-me-2"]["outcome"]) == (
+        "info",
+        "not_deployed",
+    )
 
 
 def test_no_access_log_and_a_higher_level_silence_the_info_lines(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ class AppForwarder:
             if head.upgrade is not None:
                 route = head.route
                 extensions = self._extensions_for(worker, route.service if route else worker.name)
+                response.handed_off = perf_counter()
                 await serve_websocket(self.app, head, response, extensions, self.state.copy())
                 return
             scope = self._scope(worker, head)
@@ -141,7 +142,7 @@ class AppHandler:
         except ClientDisconnected:
             response.abort()
         except Exception:
-            _answer_failure(f"{head.method} {head.host}{head.path}", response)
+            _answer_failure(f"{head.method} {head.host}{head.path}", response, head)
 
 
 def _report_failure(worker: Worker, head: RequestHead, response: ResponseWriter) -> None:
@@ -150,12 +151,13 @@ def _report_failure(worker: Worker, head: RequestHead, response: ResponseWriter)
         f"{head.method} {head.host}{head.path} -> worker {worker.name} in "
         f"{worker.deployment.namespace}"
     )
-    _answer_failure(where, response)
+    _answer_failure(where, response, head)
 
 
-def _answer_failure(where: str, response: ResponseWriter) -> None:
+def _answer_failure(where: str, response: ResponseWriter, head: RequestHead) -> None:
     error_id = secrets.token_hex(6)
-    logger.exception("Dispatch error %s: %s", error_id, where)
+    request_id = head.request_id.decode("ascii")
+    logger.exception("Dispatch error %s: %s", error_id, where, extra={"request_id": request_id})
     if response.is_started:
         response.abort()
     else:

@@ -65,7 +65,7 @@ class Listener:
         """The bound port (useful after binding port 0)."""
         return int(self.sockets[0].getsockname()[1])
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         state = ServerState(loop, self._limits, self._handler)
         state.observer = self._observer
@@ -76,6 +76,7 @@ class Listener:
             port,
             backlog=BACKLOG,
             reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         self.sockets = list(self._server.sockets)
         self._ticker = loop.create_task(self._tick(state))
