@@ -20,9 +20,10 @@ import json
 import logging
 import re
 import secrets
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -42,6 +43,7 @@ from dispatcher.errors import (
     NothingToRollBack,
     StoreError,
     StoreUnavailable,
+    TooManyFailures,
     Unauthorized,
     Unavailable,
     ValidationFailed,
@@ -226,6 +228,7 @@ class DeployAPI:
         "routes",
         "_openapi",
         "_metrics",
+        "_reload",
     )
 
     def __init__(
@@ -238,8 +241,10 @@ class DeployAPI:
         served: NamespaceName,
         failures: FailureLimiter | None = None,
         metrics: Callable[[], Awaitable[bytes]] | None = None,
+        reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self._metrics = metrics
+        self._reload = reload
         self._store = store
         self._auth = auth
         self._replicas = replicas
@@ -325,7 +330,17 @@ class DeployAPI:
 
     def _authenticate(self, scope: Scope) -> Credential:
         client = _client(scope)
-        self._failures.check(client)
+        try:
+            self._failures.check(client)
+        except TooManyFailures as error:
+            logger.warning(
+                "admin: %s %s from %s refused: %s",
+                scope["method"],
+                scope["path"],
+                client,
+                error.message,
+            )
+            raise
         try:
             return self._auth.authenticate(_authorization(scope))
         except Unauthorized as error:
@@ -371,6 +386,13 @@ class DeployAPI:
             Endpoint("GET", "/metrics", "metrics",
                      "Prometheus metrics of every serving process (no token).",
                      None, self._metrics_reply, {200: ("Prometheus text format 0.0.4.", None)}),
+            Endpoint("POST", "/reload", "reload",
+                     "Re-read the configuration file and apply it without dropping a request "
+                     "(SIGHUP does the same).",
+                     deploy, self._reload_reply,
+                     {200: ("Applied; what the new configuration serves.", None),
+                      422: ("The new configuration is invalid; the old one keeps serving.",
+                            "Error")}),
             Endpoint("GET", "/openapi.json", "openapi", "This OpenAPI document (no token).",
                      None, self._openapi_reply, {200: ("The OpenAPI 3.1 document.", None)}),
             Endpoint("GET", "/namespaces", "listNamespaces",
@@ -474,6 +496,17 @@ class DeployAPI:
         if self._metrics is None:
             raise NotFound("metrics are not collected by this process")
         return Reply(200, await self._metrics(), content_type=METRICS_CONTENT_TYPE)
+
+    async def _reload_reply(self, call: Call) -> Reply:
+        if self._reload is None:
+            raise NotFound("this process has no configuration to reload")
+        _parse_empty_object(call.body)
+        try:
+            applied = await self._reload()
+        except ConfigError as exc:
+            raise ValidationFailed(f"configuration not reloaded: {exc}") from exc
+        logger.info("admin: %s reloaded the configuration", _actor(call))
+        return Reply.json(200, applied)
 
     async def _openapi_reply(self, call: Call) -> Reply:
         return Reply(200, self._openapi)
@@ -745,10 +778,19 @@ def _upstream_url(value: object, where: str) -> UpstreamURL:
 
 
 def _is_link_local(host: str) -> bool:
+    """Link-local (cloud metadata) however the address is spelled: the resolver takes the
+    legacy IPv4 forms (``2852039166``, ``0xa9.0xfe.0xa9.0xfe``, ``169.254.43518``) that
+    ``ip_address`` refuses, and an IPv4-mapped IPv6 address reaches the IPv4 one."""
     try:
-        return ip_address(host).is_link_local
+        address: IPv4Address | IPv6Address = ip_address(host)
     except ValueError:
-        return False
+        try:
+            address = IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local
 
 
 def _version_label(value: object) -> str | None:

@@ -11,9 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, cast
@@ -24,6 +29,7 @@ from _pytest.mark.structures import ParameterSet
 
 from dispatcher.testing import run_dispatcher
 from dispatcher.types import ASGIApp, Message, Receive, Send
+from tests.admin.conftest import send
 from tests.forwarding.conftest import Client, Gateway, Response, serve, write_config
 from tests.forwarding.upstreams import (
     Handler,
@@ -31,6 +37,7 @@ from tests.forwarding.upstreams import (
     RecordingUpstream,
     UpstreamRequest,
     body_blocks,
+    free_port,
 )
 
 
@@ -382,3 +389,133 @@ async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+# --- The dispatcher command as a process ---
+
+SOURCE: Final = str(Path(__file__).resolve().parents[2] / "src")
+CLEAN_ENV: Final = frozenset(
+    {"ENVIRONMENT", "DISPATCHER_STORE", "DISPATCHER_ADMIN_TOKEN", "DISPATCHER_ADMIN_TOKENS_FILE"}
+)
+"""Variables of the test's own environment that must not reach a started dispatcher."""
+
+
+def command_env(**environ: str) -> dict[str, str]:
+    """This process's environment without ``CLEAN_ENV``, plus ``environ``."""
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    env.update(PYTHONPATH=SOURCE, **environ)
+    return env
+
+
+def run_command(*args: str, cwd: Path, **environ: str) -> subprocess.CompletedProcess[str]:
+    """``dispatcher <args>`` as a process, to its exit. A process rather than click's runner:
+    a ``serve`` that wrongly starts is killed by the timeout instead of serving forever."""
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        env=command_env(**environ),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def assert_not_listening(port: int) -> None:
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@dataclass
+class Node:
+    """One ``dispatcher serve`` process; its stderr is kept to explain a failure."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    log: list[bytes] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def describe(self) -> str:
+        return b"".join(self.log[-40:]).decode(errors="replace")
+
+
+def start_node(
+    cwd: Path, store: Path, config: Path | None = None, prelude: str = "", **environ: str
+) -> Node:
+    """``dispatcher serve`` on free ports, after ``prelude`` (Python run first in the process).
+
+    ``environ`` adds variables (``DISPATCHER_ADMIN_TOKEN`` among them, or the process
+    generates its own token). Its output goes to a pipe drained by a thread, never to a
+    file: a file-size limit put on the process must not stop it from logging."""
+    port, admin_port = free_port(), free_port()
+    code = f"{prelude}\nfrom dispatcher.cli import main\nmain()\n"
+    argv = [sys.executable, "-c", code, "serve", "--port", str(port)]
+    argv += ["--admin-port", str(admin_port), *(["--config", str(config)] if config else [])]
+    process = subprocess.Popen(
+        argv,
+        env=command_env(DISPATCHER_STORE=str(store), **environ),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    node = Node(process, port, admin_port)
+    node.reader = threading.Thread(target=_drain, args=(process, node.log), daemon=True)
+    node.reader.start()
+    return node
+
+
+def _drain(process: subprocess.Popen[bytes], log: list[bytes]) -> None:
+    """Keep the process's stderr until it ends (so a full pipe never blocks it)."""
+    assert process.stderr is not None
+    with process.stderr:
+        for line in process.stderr:
+            log.append(line)
+
+
+async def wait_ready(node: Node, within: float = 20.0) -> None:
+    """Until the node's admin listener answers ``/health``."""
+    deadline = time.monotonic() + within
+    while True:
+        assert node.process.poll() is None, f"serve exited: {node.describe()}"
+        with suppress(OSError):
+            answer = await asyncio.to_thread(send, node.admin_url, "GET", "/health", token=None)
+            if answer.status == 200:
+                return
+        assert time.monotonic() < deadline, f"serve not ready in {within} s: {node.describe()}"
+        await asyncio.sleep(0.05)
+
+
+def stop(node: Node) -> None:
+    """SIGTERM (SIGKILL if it lingers), then the end of its output."""
+    if node.process.poll() is None:
+        node.process.send_signal(signal.SIGTERM)
+        try:
+            node.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+    if node.reader is not None:
+        node.reader.join(timeout=5)
+
+
+@asynccontextmanager
+async def serving(
+    cwd: Path, store: Path, config: Path | None = None, **environ: str
+) -> AsyncIterator[Node]:
+    """A ready ``dispatcher serve`` process for the block (see ``start_node``)."""
+    node = start_node(cwd, store, config, **environ)
+    try:
+        await wait_ready(node)
+        yield node
+    finally:
+        stop(node)

@@ -821,6 +821,7 @@ class HttpProtocol(asyncio.Protocol):
         if active is not None and active.producer is not None:
             # Like nginx (499): a client that closed its side no longer waits for the answer;
             # the upstream request is cancelled rather than left to run to its timeout.
+            active.lost()
             active.producer.cancel()
             active.abort()
             return False

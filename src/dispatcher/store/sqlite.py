@@ -116,7 +116,10 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
 # Primary result codes (https://sqlite.org/rescode.html); the low byte of extended codes.
 _SQLITE_BUSY: Final = 5
 _SQLITE_LOCKED: Final = 6
+_SQLITE_READONLY: Final = 8
+_SQLITE_IOERR: Final = 10
 _SQLITE_CORRUPT: Final = 11
+_SQLITE_FULL: Final = 13
 _SQLITE_NOTADB: Final = 26
 
 _TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -477,6 +480,10 @@ def _translate(exc: sqlite3.Error, operation: str, path: str, busy_timeout: floa
         )
     if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
         return StoreError(f"registry store is corrupt or not a SQLite database: {path} ({exc})")
+    if code in (_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL):
+        # The disk refused the write (full, read-only, an I/O error): SQLite has rolled the
+        # transaction back, and the same write may succeed once the disk does (ROBUSTNESS.md S4).
+        return StoreUnavailable(f"registry store cannot write: {path} ({exc})")
     return StoreError(f"registry store {operation} failed: {path} ({exc})")
 
 
