@@ -94,9 +94,22 @@ def test_rates_come_from_the_difference_between_two_readings() -> None:
     assert rates.p99 == pytest.approx(0.000991)
 
 
+def test_the_success_rate_leaves_out_what_the_client_spoiled() -> None:
+    exporter = Exporter()
+    older = parse_totals(exporter.text(), "production", at=0.0)
+    exporter.count(18, "routed", "2xx")
+    exporter.count(2, "service_not_found", "4xx")
+    exporter.count(5, "bad_request", "4xx")
+    exporter.count(5, "client_closed", "4xx")
+    newer = parse_totals(exporter.text(), "production", at=1.0)
+    rates = rates_between(older, newer, now=1.0)
+    assert rates is not None
+    assert (rates.rate, rates.success) == (30.0, 0.9)  # 18 of the 20 it is judged on
+
+
 def test_a_counter_that_went_down_was_reset() -> None:
-    older = Totals(at=0.0, requests=500, routed=500)
-    newer = Totals(at=2.0, requests=8, routed=6)
+    older = Totals(at=0.0, requests=500, judged=500, routed=500)
+    newer = Totals(at=2.0, requests=8, judged=8, routed=6)
     rates = rates_between(older, newer, now=2.0)
     assert rates is not None and (rates.rate, rates.success) == (4.0, 0.75)
 

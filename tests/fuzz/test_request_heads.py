@@ -139,15 +139,6 @@ def test_a_hostile_request_never_breaks_the_invariants(plane: Plane, sent: Sent)
         assert response.status >= 400 and received == [], context
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: llhttp leaves trailing white space in a field value and the protocol keeps it, "
-        "so 'Host: db.do ' (RFC 9112 §5: OWS is not part of the value) is a 400 'invalid Host "
-        "header'; 'Expect: 100-continue ' is a 417 the same way (on_header in "
-        "src/dispatcher/server/protocol.py stores the value unstripped)"
-    ),
-)
 def test_white_space_after_a_host_value_is_not_part_of_it(plane: Plane) -> None:
     raw = b"GET /ows HTTP/1.1\r\nHost: db.do \r\n\r\n"
     counts = plane.counts()
@@ -156,16 +147,6 @@ def test_white_space_after_a_host_value_is_not_part_of_it(plane: Plane) -> None:
     assert [(n, r.target) for n, r in plane.received_since(counts)] == [("db", b"/ows")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: a HEAD request refused before its head is built (400, 408, 413, 414, 431, 505) "
-        "gets the JSON error body after its header block: _fail in "
-        "src/dispatcher/server/protocol.py makes an Exchange with head=None, so "
-        "_is_head_request is False; RFC 9110 §9.3.2 forbids content in a HEAD answer, and "
-        "a client reads those bytes as the start of the next response"
-    ),
-)
 def test_a_refused_head_request_has_no_body(plane: Plane) -> None:
     raw = b"HEAD /%2F HTTP/1.1\r\nHost: db.do\r\n\r\n"
     answer = exchange(plane.port, raw, method="HEAD", timeout=ANSWER_BOUND, closing=CLOSING)

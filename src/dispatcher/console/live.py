@@ -47,6 +47,8 @@ OVERHEAD: Final = "dispatcher_overhead_seconds"
 IN_FLIGHT: Final = "dispatcher_requests_in_flight"
 REVISION: Final = "dispatcher_snapshot_revision"
 NOT_FOUND_OUTCOMES: Final = frozenset({"service_not_found", "not_deployed"})
+CLIENT_SPOILED: Final = frozenset({"bad_request", "client_closed"})
+"""Left out of the routing success rate, as docs/operations.md defines it."""
 
 MetricsReader = Callable[[], Awaitable[str | None]]
 """Returns the exposition text of ``/metrics``, or ``None`` when it is not there."""
@@ -66,6 +68,8 @@ class Totals:
 
     at: float
     requests: float = 0.0
+    judged: float = 0.0
+    """Requests the success rate is judged on: all but those the client spoiled itself."""
     routed: float = 0.0
     not_found: float = 0.0
     server_errors: float = 0.0
@@ -102,7 +106,7 @@ class Rates:
 
 def parse_totals(text: str, environment: str, at: float) -> Totals:
     """The console's totals from Prometheus text, for ``environment`` only."""
-    requests = routed = not_found = server_errors = 0.0
+    requests = judged = routed = not_found = server_errors = 0.0
     workers: dict[str, list[float]] = {}
     buckets: dict[float, float] = {}
     gauges: dict[str, float] = {}
@@ -113,6 +117,7 @@ def parse_totals(text: str, environment: str, at: float) -> Totals:
             name, labels, value = sample.name, sample.labels, float(sample.value)
             if name == REQUESTS:
                 requests += value
+                judged += 0.0 if labels.get("outcome") in CLIENT_SPOILED else value
                 routed += value if labels.get("outcome") == "routed" else 0.0
                 not_found += value if labels.get("outcome") in NOT_FOUND_OUTCOMES else 0.0
                 is_error = labels.get("status_class") == "5xx"
@@ -130,6 +135,7 @@ def parse_totals(text: str, environment: str, at: float) -> Totals:
     return Totals(
         at=at,
         requests=requests,
+        judged=judged,
         routed=routed,
         not_found=not_found,
         server_errors=server_errors,
@@ -146,11 +152,12 @@ def rates_between(older: Totals, newer: Totals, now: float) -> Rates | None:
     if elapsed <= 0:
         return None
     requests = _delta(newer.requests, older.requests)
+    judged = _delta(newer.judged, older.judged)
     buckets = _bucket_deltas(older.overhead, newer.overhead)
     return Rates(
         ago=now - newer.at,
         rate=requests / elapsed,
-        success=_delta(newer.routed, older.routed) / requests if requests > 0 else None,
+        success=_delta(newer.routed, older.routed) / judged if judged > 0 else None,
         not_found=_delta(newer.not_found, older.not_found) / elapsed,
         server_errors=_delta(newer.server_errors, older.server_errors) / elapsed,
         p50=histogram_quantile(0.5, buckets),

@@ -350,13 +350,14 @@ class Exchange:
         keep_alive: bool = True,
         expects_continue: bool = False,
         error: RequestError | None = None,
+        is_head_request: bool = False,
     ) -> None:
         self._protocol = protocol
         self.head = head
         self.body = body
         self.error = error
         self._keep_alive = keep_alive and error is None
-        self._is_head_request = head is not None and head.method == "HEAD"
+        self._is_head_request = is_head_request or (head is not None and head.method == "HEAD")
         self._expects_continue = expects_continue
         self._continue_sent = False
         self._is_started = False
@@ -912,6 +913,8 @@ class HttpProtocol(asyncio.Protocol):
             self._remember(special, value)
 
     def _remember(self, special: int, value: bytes) -> None:
+        # llhttp keeps white space after a value; RFC 9112 §5: it is not part of it.
+        value = value.rstrip(b" \t")
         if special == _HOST:
             self._host = value
             self._host_count += 1
@@ -1147,7 +1150,19 @@ class HttpProtocol(asyncio.Protocol):
                 return
             if parsing in self._queue:
                 self._queue.remove(parsing)
-        self._enqueue(Exchange(self, None, None, keep_alive=False, error=error))
+        # A refused HEAD request still gets no body (RFC 9110 §9.3.2): the client would read
+        # one as the start of the next response.
+        self._enqueue(
+            Exchange(
+                self, None, None, keep_alive=False, error=error, is_head_request=self._is_head()
+            )
+        )
+
+    def _is_head(self) -> bool:
+        try:
+            return bool(self._parser.get_method() == b"HEAD")
+        except httptools.HttpParserError:
+            return False  # the request line never got as far as a method
 
     def _on_upgrade(self, leftover: bytes) -> None:
         """The client asked to switch protocols: no byte after this head is HTTP any more.
