@@ -16,8 +16,9 @@ def loads(text: str | bytes) -> Any:
     """``json.loads`` that refuses duplicate keys, the non-standard constants and strings
     that are not Unicode text."""
     value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    escapes = b"\\u" if isinstance(text, bytes) else "\\u"
-    if escapes in text:  # only an escape can make a lone surrogate
+    # Only an escape can make a lone surrogate: most documents need no second look.
+    has_escape = b"\\u" in text if isinstance(text, bytes) else "\\u" in text
+    if has_escape:
         _check_text(value)
     return value
 

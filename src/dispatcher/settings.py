@@ -108,6 +108,9 @@ _LIMIT_KEYS: Final = frozenset(
         "send_timeout",
         "max_connections",
         "max_in_flight",
+        "max_pipelined",
+        "body_min_rate",
+        "body_rate_grace",
     }
 )
 _BINDING_NAME = re.compile(r"[A-Z][A-Z0-9_]*", re.ASCII)
@@ -145,6 +148,13 @@ class Limits:
     """Open client connections per process; one more is answered 503 and closed."""
     max_in_flight: int = 2048
     """Requests being answered at once per process; one more is a fast 503 + Retry-After."""
+    max_pipelined: int = 128
+    """Requests one connection may have waiting behind the one being answered."""
+    body_min_rate: int = 240
+    """Bytes per second a request body must average once it has started (0: no minimum);
+    stops a body trickled just fast enough to beat the idle timeout (Kestrel's rule)."""
+    body_rate_grace: float = 5.0
+    """Seconds of a body before its rate is judged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -921,6 +931,9 @@ def _parse_limits(table: _Table) -> Limits:
         send_timeout=_timeout(table, "send_timeout", seed.send_timeout),
         max_connections=_integer(table, "max_connections", seed.max_connections, 1, 1_000_000),
         max_in_flight=_integer(table, "max_in_flight", seed.max_in_flight, 1, 1_000_000),
+        max_pipelined=_integer(table, "max_pipelined", seed.max_pipelined, 1, 100_000),
+        body_min_rate=_integer(table, "body_min_rate", seed.body_min_rate, 0, _GIB),
+        body_rate_grace=_timeout(table, "body_rate_grace", seed.body_rate_grace),
     )
 
 

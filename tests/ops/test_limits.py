@@ -97,3 +97,55 @@ async def test_a_client_that_stops_reading_is_cut_at_the_send_timeout(tmp_path: 
         await wait_until(lambda: gateway.running.listener.connection_count == 0, timeout=10)
         await up.wait_for(lambda: up.open_connections == 0, timeout=10)
         writer.transport.abort()
+
+
+async def test_a_body_trickled_below_the_minimum_rate_is_a_408(tmp_path: Path) -> None:
+    """1 byte every 0.2 s never trips the 2 s idle timeout; the minimum rate stops it."""
+    limits = {"body_min_rate": 100, "body_rate_grace": 0.5, "body_idle_timeout": 2.0}
+    async with (
+        RecordingUpstream.start(echo()) as db,
+        serve(tmp_path, {"db": db.url}, limits=limits) as gateway,
+    ):
+        client = await gateway.connect()
+        client.send(request_bytes("POST", "/", host="db.do", headers=[("Content-Length", "100")]))
+        answer = asyncio.ensure_future(client.response())
+        for _ in range(40):
+            if answer.done():
+                break
+            client.send(b"x")
+            await asyncio.sleep(0.2)
+        response = await answer
+    assert response.status == 408
+    assert error_fields(response)["message"] == "request body arrives slower than 100 bytes/s"
+
+
+async def test_a_steady_body_above_the_minimum_rate_passes(tmp_path: Path) -> None:
+    limits = {"body_min_rate": 100, "body_rate_grace": 0.5}
+    async with (
+        RecordingUpstream.start(echo()) as db,
+        serve(tmp_path, {"db": db.url}, limits=limits) as gateway,
+    ):
+        client = await gateway.connect()
+        client.send(request_bytes("POST", "/", host="db.do", headers=[("Content-Length", "400")]))
+        for _ in range(10):
+            client.send(b"y" * 40)
+            await asyncio.sleep(0.1)
+        response = await client.response()
+    assert response.status == 200
+
+
+async def test_pipelined_requests_over_the_limit_are_refused_after_the_others(
+    tmp_path: Path,
+) -> None:
+    async with (
+        RecordingUpstream.start(echo()) as db,
+        serve(tmp_path, {"db": db.url}, limits={"max_pipelined": 3}) as gateway,
+    ):
+        client = await gateway.connect()
+        client.send(b"".join(request_bytes("GET", f"/{n}", host="db.do") for n in range(10)))
+        statuses = [(await client.response()).status for _ in range(5)]
+        rest = await client.read_until_closed()
+    # One answered at once, three waiting their turn, then the refusal, then the close.
+    assert statuses == [200, 200, 200, 200, 503]
+    assert rest == b""
+    assert [r.target for r in db.requests] == [b"/0", b"/1", b"/2", b"/3"]

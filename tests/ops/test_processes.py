@@ -115,10 +115,19 @@ def scraped_total(admin_port: int) -> float:
 def test_two_processes_share_the_work_and_the_metrics(serve: Any) -> None:
     served: Served = serve("--processes", "2")
     wait_for(lambda: len(served.children()) == 2)
+    # Both listening: until the second has bound the port, the first takes every connection.
+    warmup = 0
+
+    def both_answer() -> bool:
+        nonlocal warmup
+        warmup += 10
+        return len(served_by(served.port, 10)) == 2
+
+    wait_for(both_answer)
     pids = served_by(served.port, 400)
     assert set(pids) <= set(served.children()) and len(pids) == 2
     assert max(pids.values()) <= 0.6 * 400, pids
-    wait_for(lambda: scraped_total(served.admin_port) == 400)
+    wait_for(lambda: scraped_total(served.admin_port) == warmup + 400)
     status, _ = get(served.admin_port, "127.0.0.1", "/ready")
     assert status == 200
     code, stderr = served.stop()

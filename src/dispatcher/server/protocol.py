@@ -682,6 +682,8 @@ class HttpProtocol(asyncio.Protocol):
         "_upgrade_buffer",
         "_request_id",
         "_write_paused_at",
+        "_body_since",
+        "_body_bytes",
         "is_client_gone",
     )
 
@@ -725,6 +727,8 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade_buffer = b""
         self._request_id: bytes | None = None
         self._write_paused_at = 0.0
+        self._body_since = 0.0  # when the body's rate window began (0: no body byte yet)
+        self._body_bytes = 0
         self.is_client_gone = False  # the client closed its side (EOF) or the connection
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -963,13 +967,19 @@ class HttpProtocol(asyncio.Protocol):
         )
         self._parsing = exchange
         self._arm(_BODY, limits.body_idle_timeout)
+        self._body_since = 0.0
         self._enqueue(exchange)
 
     def on_body(self, chunk: bytes) -> None:
         exchange = self._parsing
         if exchange is not None and exchange.body is not None:
             exchange.body.feed(chunk)
-            self._deadline = self.state.now + self._limits.body_idle_timeout
+            now = self.state.now
+            self._deadline = now + self._limits.body_idle_timeout
+            if self._body_since:
+                self._body_bytes += len(chunk)
+            else:
+                self._body_since, self._body_bytes = now, len(chunk)
 
     def on_message_complete(self) -> None:
         exchange = self._parsing
@@ -1076,6 +1086,11 @@ class HttpProtocol(asyncio.Protocol):
         if self._active is None:
             self._start(exchange)
         else:
+            if len(self._queue) >= self._limits.max_pipelined and exchange.error is None:
+                # One read can hold thousands of tiny requests; each queued one holds memory.
+                raise Overloaded(
+                    f"more than {self._limits.max_pipelined} pipelined requests waiting"
+                )
             self._queue.append(exchange)
             self._pause_reading()
 
@@ -1221,6 +1236,14 @@ class HttpProtocol(asyncio.Protocol):
             self.abort()
             return
         kind = self._deadline_kind
+        if kind == _BODY and self._body_since and self._is_body_too_slow(now):
+            self._deadline_kind = _NO_DEADLINE
+            self._fail(
+                RequestTimeout(
+                    f"request body arrives slower than {self._limits.body_min_rate} bytes/s"
+                )
+            )
+            return
         if kind == _NO_DEADLINE or now < self._deadline:
             return
         if kind == _LINGER and self._lingering is not None:
@@ -1244,6 +1267,20 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(RequestTimeout("request headers were not received in time"))
         else:
             self._fail(RequestTimeout("request body was not received in time"))
+
+    def _is_body_too_slow(self, now: float) -> bool:
+        limits = self._limits
+        if not limits.body_min_rate:
+            return False
+        if self._is_reading_paused:
+            # We are not reading (back-pressure from the worker): the client is not slow.
+            # Judge it afresh once we read again.
+            self._body_since, self._body_bytes = now, 0
+            return False
+        elapsed = now - self._body_since
+        return (
+            elapsed > limits.body_rate_grace and self._body_bytes < limits.body_min_rate * elapsed
+        )
 
     def shutdown(self) -> None:
         """Graceful stop: close now if idle, else once the current response is sent."""
