@@ -27,7 +27,7 @@ from dispatcher.dispatch import Dispatcher
 from dispatcher.errors import ConfigError, ListenFailed
 from dispatcher.forwarding.asgi import AppHandler, AppHost
 from dispatcher.forwarding.upstream import UpstreamHub
-from dispatcher.logs import AccessLog, ErrorLog
+from dispatcher.logs import ACCESS_LOGGER, AccessLog, ErrorLog
 from dispatcher.metrics import ProcessSample, RequestMetrics, render, sample_process
 from dispatcher.namespaces import Snapshot
 from dispatcher.replicas import Heartbeat, Replicas, new_replica_id, this_process
@@ -272,7 +272,8 @@ async def request_metrics(stack: AsyncExitStack, settings: Settings) -> RequestM
     """The main listener's observer: counters, the error log and (unless off) the access log."""
     context = {"environment": settings.environment, "namespace": settings.namespace}
     access = None
-    if settings.access_log:
+    # Off by flag, or by level (--log-level warning): then nothing is even queued.
+    if settings.access_log and logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO):
         access = await stack.enter_async_context(AccessLog(**context))
     errors = ErrorLog(**context, client_errors=access is None)
     return RequestMetrics(settings.environment, access_log=access, error_log=errors)

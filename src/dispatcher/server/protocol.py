@@ -445,7 +445,10 @@ class Exchange:
         if self._is_started:
             raise RuntimeError("response already started")
         parts = [_STATUS_LINES.get(status) or _status_line(status), header_block]
-        has_request_id = _REQUEST_ID_LINE.search(header_block) is not None
+        # A plain substring test first (memchr speed); the regex only when it may be there.
+        has_request_id = (b"equest-" in header_block or b"EQUEST-" in header_block) and (
+            _REQUEST_ID_LINE.search(header_block) is not None
+        )
         self._frame(status, content_length, parts, date=False, has_request_id=has_request_id)
         self._is_started = True
         self.status = status
