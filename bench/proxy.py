@@ -3,7 +3,7 @@
 Run from the repository root with the project's virtualenv (starlette, aiohttp and httpx
 installed for the Python peers)::
 
-    .venv/bin/python bench/proxy.py [--rounds 3] [--duration 6] [--warmup 1]
+    .venv/bin/python bench/proxy.py [--rounds 3] [--duration 6] [--warmup 1] [--only NAMES]
     .venv/bin/python bench/proxy.py --profile bench/results/proxy-profile.txt [--native]
 
 The same upstream serves every configuration: one nginx worker pinned to core 1 (with wrk
@@ -18,7 +18,17 @@ The device under test (DUT) is pinned to core 0:
 * ``starlette-aiohttp`` and ``starlette-httpx``: a naive Starlette proxy on uvicorn with one
   shared aiohttp ``ClientSession`` / httpx ``AsyncClient`` (``bench/peers/``);
 * ``dispatcher``: ``dispatcher serve`` with the eight services as upstream workers
-  (``{ url = "http://127.0.0.1:P" }`` in ``[workers."dotdo-development"]``).
+  (``{ url = "http://127.0.0.1:P" }`` in ``[workers."dotdo-development"]``), ``--log-level
+  warning --no-access-log``; its Prometheus metrics are always counted (issue #5);
+* ``dispatcher-access-log``: the same with ``--log-level info --access-log``: one JSON line
+  per request on stderr, which goes to its log file (like nginx's access log to a file);
+* ``dispatcher-scraped``: the plain dispatcher, while a thread of this process (pinned off
+  the DUT's core, so its CPU is not the DUT's) GETs ``/metrics`` on its admin port every
+  0.25 s during each of its wrk runs (Prometheus's default is 15 s: a stress test); every
+  scrape must answer 200 with the request counter.
+
+``--only NAMES`` (comma-separated) limits the rounds to some configurations, e.g.
+``direct,nginx,dispatcher,dispatcher-access-log,dispatcher-scraped``.
 
 Every proxy routes like the dispatcher's seed table: ``Host: db.do`` → db, ``api.do`` +
 ``/api/auth/...`` → auth. Scenarios are the anchors': GET ``/v1/items?id=1`` Host db.do at
@@ -26,7 +36,9 @@ Every proxy routes like the dispatcher's seed table: ``Host: db.do`` → db, ``a
 Every configuration is smoke-tested first (status 200 and the routed service's exact body);
 then interleaved rounds (warm-up discarded) measure CPU µs per request of the DUT's process
 tree and of the upstream. The report gives medians, min–max, ratios paired per round against
-nginx and Starlette+aiohttp, and the verdicts. Raw rows go to ``bench/results/proxy.jsonl``.
+nginx and Starlette+aiohttp, and the verdicts; then the two dispatcher variants against the
+plain one (CPU µs/req, rps, p99), whether scraping stays within noise (CPU and p99 within 10 %)
+and what the access log costs. Raw rows go to ``bench/results/proxy.jsonl``.
 
 ``--profile FILE`` starts only the upstream and one configuration (``--profile-config``,
 default the dispatcher) and puts the GET -c32 load on it three times: under py-spy (Python
@@ -39,7 +51,9 @@ path and by symbol). The perf parts are skipped when ``perf`` is not installed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import platform
 import re
@@ -48,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -83,7 +98,8 @@ NGINX, AIOHTTP, HTTPX, SUBJECT, DIRECT = (
     "dispatcher",
     "direct",
 )
-ADMIN: Final = "dispatcher-admin"  # the dispatcher's admin listener, when it has one
+ACCESS_LOGGED, SCRAPED = "dispatcher-access-log", "dispatcher-scraped"
+DISPATCHERS: Final = (SUBJECT, ACCESS_LOGGED, SCRAPED)
 LABELS: Final = {
     DIRECT: "direct: upstream nginx `return 200` on core 0 (no proxy)",
     NGINX: "nginx proxy_pass, keepalive 64",
@@ -91,6 +107,8 @@ LABELS: Final = {
     AIOHTTP: "Starlette + aiohttp ClientSession (uvicorn)",
     HTTPX: "Starlette + httpx AsyncClient (uvicorn)",
     SUBJECT: "dispatcher, upstream workers",
+    ACCESS_LOGGED: "dispatcher, access log on (--log-level info, JSON lines to a file)",
+    SCRAPED: "dispatcher, /metrics scraped every 0.25 s",
 }
 UVICORN_FLAGS: Final = "--loop uvloop --http httptools --no-access-log --log-level warning"
 VERSIONED: Final = (
@@ -106,12 +124,18 @@ VERSIONED: Final = (
     "sniffio",
 )
 ACCESS_LOG_NOTE: Final = (
-    "Access log on/off: not implemented yet (the dispatcher has no access log; every "
-    "configuration here runs without one)."
+    "Access log on/off: the `dispatcher` rows run with `--no-access-log` (and Prometheus "
+    "metrics, which are always counted); `dispatcher-access-log` runs with `--log-level info "
+    "--access-log`, one JSON line per request written to its log file."
 )
 MAX_CPU_VS_NGINX: Final = 2.0
 MIN_CPU_GAIN_VS_AIOHTTP: Final = 8.0
 MAX_P99_VS_NGINX: Final = 2.0
+SCRAPE_INTERVAL_S: Final = 0.25
+MAX_SCRAPED_VS_PLAIN: Final = 1.10  # "within noise": CPU/req and p99 at most 10 % above plain
+METRICS_PATH: Final = "/metrics"
+METRICS_MARKER: Final = b"dispatcher_requests_total"  # a scrape must carry the request counter
+ACCESS_LOGGER_FIELD: Final = '"logger": "dispatcher.access"'  # how an access line shows
 
 
 def upstream_body(service: str) -> bytes:
@@ -130,7 +154,8 @@ class Contender:
     """One configuration under test: how to start it and where wrk sends each request.
 
     ``direct_ports`` is set for the no-proxy row only: the request goes straight to the port
-    of the service the proxies would route it to.
+    of the service the proxies would route it to. ``scrape_port`` is set for the scraped
+    dispatcher only: the admin port whose ``/metrics`` is scraped during its wrk runs.
     """
 
     name: str
@@ -138,6 +163,7 @@ class Contender:
     port: int
     env: Mapping[str, str]
     direct_ports: Mapping[str, int] | None = None
+    scrape_port: int | None = None
 
     @property
     def is_proxy(self) -> bool:
@@ -163,7 +189,7 @@ class Layout:
 
     @classmethod
     def allocate(cls, scratch: Path) -> Layout:
-        proxies = (NGINX, "haproxy", AIOHTTP, HTTPX, SUBJECT, ADMIN)
+        proxies = (NGINX, "haproxy", AIOHTTP, HTTPX, *DISPATCHERS, *map(admin_key, DISPATCHERS))
         ports = m.free_ports(2 * len(SEED_SERVICES) + len(proxies))
         count = len(SEED_SERVICES)
         return cls(
@@ -180,6 +206,11 @@ class Layout:
     @property
     def routes(self) -> PeerRoutes:
         return PeerRoutes.from_urls(self.urls)
+
+
+def admin_key(dispatcher: str) -> str:
+    """The key of ``dispatcher``'s admin listener in ``Layout.listen`` (each needs its own)."""
+    return f"{dispatcher}-admin"
 
 
 def render(template: Path, values: Mapping[str, str]) -> str:
@@ -235,6 +266,7 @@ def contenders(bin_dir: Path, layout: Layout) -> list[Contender]:
     haproxy = _write_config(layout, "haproxy.cfg", "haproxy", layout.upstream, listen["haproxy"])
     toml = write_dispatcher_config(scratch / "dispatcher.toml", layout.urls)
     nginx_args = ("-p", str(scratch), "-e", str(scratch / "nginx-startup.err"))
+    dispatcher = _DispatcherLauncher(str(bin_dir / "dispatcher"), toml, listen)
     return [
         Contender(
             DIRECT,
@@ -249,11 +281,16 @@ def contenders(bin_dir: Path, layout: Layout) -> list[Contender]:
             AIOHTTP, _uvicorn(bin_dir, "starlette_aiohttp", listen[AIOHTTP]), listen[AIOHTTP], env
         ),
         Contender(HTTPX, _uvicorn(bin_dir, "starlette_httpx", listen[HTTPX]), listen[HTTPX], env),
+        Contender(SUBJECT, dispatcher(SUBJECT, access_log=False), listen[SUBJECT], env),
         Contender(
-            SUBJECT,
-            _dispatcher(bin_dir, listen[SUBJECT], listen[ADMIN], toml),
-            listen[SUBJECT],
+            ACCESS_LOGGED, dispatcher(ACCESS_LOGGED, access_log=True), listen[ACCESS_LOGGED], env
+        ),
+        Contender(
+            SCRAPED,
+            dispatcher(SCRAPED, access_log=False),
+            listen[SCRAPED],
             env,
+            scrape_port=listen[admin_key(SCRAPED)],
         ),
     ]
 
@@ -274,14 +311,28 @@ def _uvicorn(bin_dir: Path, module: str, port: int) -> tuple[str, ...]:
     return (str(bin_dir / "uvicorn"), app, *where, *UVICORN_FLAGS.split())
 
 
-def _dispatcher(bin_dir: Path, port: int, admin_port: int, config: Path) -> tuple[str, ...]:
-    dispatcher = str(bin_dir / "dispatcher")
-    serve: tuple[str, ...] = ("serve", "--config", str(config), "--port", str(port))
-    serve += ("--log-level", "warning")
-    if _has_option(dispatcher, "serve", "--admin-port"):
-        # Its default admin port is fixed: a free one, so a second dispatcher cannot collide.
-        serve += ("--admin-port", str(admin_port))
-    return (dispatcher, *serve)
+class _DispatcherLauncher:
+    """Command lines of ``dispatcher serve`` on the listen and admin ports of a name."""
+
+    __slots__ = ("_program", "_config", "_listen", "_admin_option")
+
+    def __init__(self, program: str, config: Path, listen: Mapping[str, int]) -> None:
+        self._program, self._config, self._listen = program, config, listen
+        # Its default admin port is fixed: a free one each, so the dispatchers cannot collide.
+        self._admin_option = _has_option(program, "serve", "--admin-port")
+
+    def __call__(self, name: str, *, access_log: bool) -> tuple[str, ...]:
+        serve: tuple[str, ...] = ("serve", "--config", str(self._config))
+        serve += ("--port", str(self._listen[name]))
+        # Access records are INFO: "warning" alone would silence them, so the plain rows
+        # also turn the log off outright (no record is even queued).
+        if access_log:
+            serve += ("--log-level", "info", "--access-log")
+        else:
+            serve += ("--log-level", "warning", "--no-access-log")
+        if self._admin_option:
+            serve += ("--admin-port", str(self._listen[admin_key(name)]))
+        return (self._program, *serve)
 
 
 def _has_option(program: str, command: str, option: str) -> bool:
@@ -318,9 +369,95 @@ def smoke_test(server: m.ServerProcess, contender: Contender, routes: PeerRoutes
                 f"{answer[:120]!r}, expected 200 from {service}: {upstream_body(service)!r}"
             )
     print(
-        f"  smoke {server.name:<18} GET db.do → db, GET/POST 64 KiB api.do/api/auth → auth, "
+        f"  smoke {server.name:<21} GET db.do → db, GET/POST 64 KiB api.do/api/auth → auth, "
         "api.do/ → gateway: 200, exact bodies",
         flush=True,
+    )
+
+
+def smoke_test_variant(server: m.ServerProcess, contender: Contender) -> None:
+    """The scraped dispatcher answers ``/metrics``; the access-logged one writes its lines."""
+    if contender.scrape_port is not None:
+        status, body = m.http_exchange(contender.scrape_port, "GET", "127.0.0.1", METRICS_PATH)
+        if status != 200 or METRICS_MARKER not in body:
+            raise m.MeasureError(f"{server.name}: {METRICS_PATH} answered {status} {body[:120]!r}")
+        print(f"  smoke {server.name:<21} {METRICS_PATH} on the admin port: 200", flush=True)
+    if contender.name == ACCESS_LOGGED:
+        # The log is written in batches, every FLUSH_SECONDS (0.25 s): give it a few.
+        deadline = time.monotonic() + 5
+        while access_lines(server.log_path) < len(SMOKE_REQUESTS):
+            if time.monotonic() > deadline:
+                raise m.MeasureError(f"{server.name}: no access log lines in {server.log_path}")
+            time.sleep(0.1)
+        print(f"  smoke {server.name:<21} access log lines in {server.log_path}", flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeCost:
+    """What one ``/metrics`` scrape costs the dispatcher's process, measured idle."""
+
+    scrapes: int
+    cpu_ms: float  # the DUT's CPU per scrape, its idle background subtracted
+    size: int  # bytes of one answer
+
+    def note(self, rows: Sequence[Row]) -> str:
+        """The scrape's CPU spread over the plain dispatcher's requests at the bench's rate.
+
+        Unlike the paired ratios, this does not depend on the machine being quiet: it is
+        the part of the scraped rows' CPU per request that scraping can explain.
+        """
+        per_second = self.cpu_ms / SCRAPE_INTERVAL_S
+        parts = []
+        for scenario in (s.name for s in SCENARIOS):
+            plain = [r for r in rows if r.config == SUBJECT and r.scenario == scenario]
+            if plain:
+                rps = statistics.median(r.rps for r in plain)
+                cpu = statistics.median(r.cpu_us_per_req for r in plain)
+                extra = per_second * 1000 / rps  # µs per request
+                parts.append(f"{scenario} {extra:.2f} µs/req = {100 * extra / cpu:.1f} %")
+        return (
+            f"A scrape costs the dispatcher {self.cpu_ms:.2f} ms CPU ({self.scrapes} scrapes "
+            f"of {self.size:,} B, idle): every {SCRAPE_INTERVAL_S:g} s that is "
+            f"{per_second:.1f} ms per second, spread over the plain rows' median rps: "
+            + "; ".join(parts)
+            + " of their CPU per request."
+        )
+
+
+def measure_scrape_cost(server: m.ServerProcess, port: int, scrapes: int = 200) -> ScrapeCost:
+    """The DUT's CPU per scrape, from back-to-back scrapes with no other load.
+
+    The CPU clock ticks every 10 ms, so a few hundred scrapes are needed; the process's idle
+    CPU (timers) is measured first over a second and subtracted.
+    """
+    pids = server.pids()
+    started, ticks = time.monotonic(), m.cpu_ticks(pids)
+    time.sleep(1.0)
+    idle_per_second = (m.cpu_ticks(pids) - ticks) / (time.monotonic() - started)
+    started, ticks, size = time.monotonic(), m.cpu_ticks(pids), 0
+    for _ in range(scrapes):
+        status, body = m.http_exchange(port, "GET", "127.0.0.1", METRICS_PATH)
+        if status != 200 or METRICS_MARKER not in body:
+            raise m.MeasureError(f"{server.name}: {METRICS_PATH} answered {status} {body[:120]!r}")
+        size = len(body)
+    spent = m.cpu_ticks(pids) - ticks - idle_per_second * (time.monotonic() - started)
+    cost = ScrapeCost(scrapes, max(0.0, spent) * 1000 / m.CLOCK_TICKS / scrapes, size)
+    print(f"  scrape cost {server.name:<15} {cost.cpu_ms:.2f} ms CPU per scrape", flush=True)
+    return cost
+
+
+def access_lines(log: Path) -> int:
+    """How many access log lines ``log`` holds."""
+    with open(log, "rb") as lines:
+        return sum(1 for line in lines if ACCESS_LOGGER_FIELD.encode() in line)
+
+
+def access_log_note(log: Path, rows: Sequence[Row]) -> str:
+    """What the access log wrote during the run, next to the requests wrk counted."""
+    measured = sum(r.requests for r in rows if r.config == ACCESS_LOGGED)
+    return (
+        f"Access log written: {access_lines(log):,} lines, {log.stat().st_size / 1e6:,.0f} MB "
+        f"in {log}, for {measured:,} measured requests (plus warm-ups and smoke tests)."
     )
 
 
@@ -350,6 +487,8 @@ class Row:
     core0_busy: float
     core1_busy: float
     pids: int
+    scrapes: int | None = None  # the scraped dispatcher's: /metrics GETs answered 200
+    scrape_max_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,18 +500,102 @@ class Running:
     duration: float
 
 
+@dataclass(frozen=True, slots=True)
+class ScrapeTally:
+    """The scrapes during one wrk run: how many answered 200 with the counter, the slowest."""
+
+    count: int
+    slowest_ms: float
+
+
+class Scraper:
+    """GETs ``/metrics`` every ``interval`` seconds from a thread of this process.
+
+    Like Prometheus, it is not the DUT's child: its own CPU (the request, reading the
+    answer) is not charged to the DUT, and the thread is pinned off the DUT's core so it
+    does not compete with it either. The DUT pays what a scrape costs it: rendering the
+    metrics on the event loop that also serves the routed requests.
+    """
+
+    __slots__ = ("_port", "_interval", "_stop", "_latencies", "_failures", "_thread")
+
+    def __init__(self, port: int, interval: float = SCRAPE_INTERVAL_S) -> None:
+        self._port, self._interval = port, interval
+        self._stop = threading.Event()
+        self._latencies: list[float] = []
+        self._failures: list[str] = []
+        self._thread = threading.Thread(
+            target=self._scrape_until_stopped, name=f"scraper-{port}", daemon=True
+        )
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def tally(self) -> ScrapeTally:
+        """The run's scrapes; ``MeasureError`` if one failed or none happened."""
+        if self._failures:
+            raise m.MeasureError(
+                f"{len(self._failures)} scrape(s) of :{self._port}{METRICS_PATH} failed, "
+                f"the first: {self._failures[0]}"
+            )
+        if not self._latencies:
+            raise m.MeasureError(f"no scrape of :{self._port}{METRICS_PATH} during the run")
+        return ScrapeTally(len(self._latencies), max(self._latencies) * 1000)
+
+    def _scrape_until_stopped(self) -> None:
+        _pin_off_dut_core()
+        due = time.monotonic()
+        while True:
+            # On a fixed beat; a scrape slower than the beat delays the next, never bunches.
+            due = max(due + self._interval, time.monotonic())
+            if self._stop.wait(due - time.monotonic()):
+                return
+            self._scrape_once()
+
+    def _scrape_once(self) -> None:
+        started = time.perf_counter()
+        try:
+            status, body = m.http_exchange(self._port, "GET", "127.0.0.1", METRICS_PATH)
+        except m.MeasureError as exc:
+            self._failures.append(str(exc))
+            return
+        if status != 200 or METRICS_MARKER not in body:
+            self._failures.append(f"answered {status} {body[:120]!r}")
+            return
+        self._latencies.append(time.perf_counter() - started)
+
+
+def _pin_off_dut_core() -> None:
+    """Move the calling thread (pid 0 names the thread on Linux) off the DUT's core."""
+    others = os.sched_getaffinity(0) - {m.DUT_CORE}
+    if others:
+        os.sched_setaffinity(0, others)
+
+
 def measure_one(
     running: Running, upstream: m.ServerProcess, routes: PeerRoutes, scenario: m.Scenario
-) -> tuple[m.Sample, float | None]:
-    """One wrk run on ``running``; the DUT's sample and the upstream's CPU µs per request."""
+) -> tuple[m.Sample, float | None, ScrapeTally | None]:
+    """One wrk run on ``running``: the DUT's sample, the upstream's CPU µs per request and,
+    for the scraped dispatcher, the scrapes made meanwhile."""
     c = running.contender
     port = c.port_for(routes, scenario.host, scenario.path)
     upstream_pids = upstream.pids()
     before = m.cpu_ticks(upstream_pids)
-    sample = m.measure(running.server.pids(), port, scenario, running.duration)
+    tally = None
+    if c.scrape_port is None:
+        sample = m.measure(running.server.pids(), port, scenario, running.duration)
+    else:
+        with Scraper(c.scrape_port) as scraper:
+            sample = m.measure(running.server.pids(), port, scenario, running.duration)
+        tally = scraper.tally()
     spent = (m.cpu_ticks(upstream_pids) - before) / m.CLOCK_TICKS
     per_request = spent * 1e6 / max(1, sample.wrk.requests) if c.is_proxy else None
-    return sample, per_request
+    return sample, per_request, tally
 
 
 def run_rounds(
@@ -394,8 +617,8 @@ def run_rounds(
                 warm_port = r.contender.port_for(routes, WARMUP.host, WARMUP.path)
                 m.run_wrk(warm_port, WARMUP, warmup)
                 for scenario in SCENARIOS:
-                    sample, upstream_cost = measure_one(r, upstream, routes, scenario)
-                    row = _row(run, rnd, r, scenario, sample, upstream_cost)
+                    sample, upstream_cost, scrapes = measure_one(r, upstream, routes, scenario)
+                    row = _row(run, rnd, r, scenario, sample, upstream_cost, scrapes)
                     jsonl.write(json.dumps(asdict(row)) + "\n")
                     jsonl.flush()
                     rows.append(row)
@@ -411,6 +634,7 @@ def _row(
     scenario: m.Scenario,
     sample: m.Sample,
     upstream_cost: float | None,
+    scrapes: ScrapeTally | None,
 ) -> Row:
     w = sample.wrk
     return Row(
@@ -433,17 +657,21 @@ def _row(
         core0_busy=sample.core_busy[0],
         core1_busy=sample.core_busy[1],
         pids=sample.pids,
+        scrapes=scrapes.count if scrapes is not None else None,
+        scrape_max_ms=scrapes.slowest_ms if scrapes is not None else None,
     )
 
 
 def _progress(row: Row) -> str:
-    upstream = (
+    extra = (
         "" if row.upstream_cpu_us_per_req is None else f" up={row.upstream_cpu_us_per_req:5.1f}us"
     )
+    if row.scrapes is not None and row.scrape_max_ms is not None:
+        extra += f" scrapes={row.scrapes} (max {row.scrape_max_ms:.1f}ms)"
     return (
-        f"r{row.round} {row.config:<18} {row.scenario:<12} rps={row.rps:9.0f} "
+        f"r{row.round} {row.config:<21} {row.scenario:<12} rps={row.rps:9.0f} "
         f"p50={row.p50_ms:7.3f}ms p99={row.p99_ms:7.3f}ms cpu/req={row.cpu_us_per_req:7.1f}us"
-        f"{upstream} core0={row.core0_busy:.2f} core1={row.core1_busy:.2f} "
+        f"{extra} core0={row.core0_busy:.2f} core1={row.core1_busy:.2f} "
         f"err={row.non2xx}+{row.socket_errors}"
     )
 
@@ -470,6 +698,10 @@ def _cpu(row: Row) -> float:
 
 def _p99(row: Row) -> float:
     return row.p99_ms
+
+
+def _rps(row: Row) -> float:
+    return row.rps
 
 
 def _ratio_cell(
@@ -537,11 +769,20 @@ class Verdict:
     at_most: bool
 
     @property
+    def measured(self) -> bool:
+        """False when a configuration it compares was not run (``--only``)."""
+        return not math.isnan(self.ratio)
+
+    @property
     def passed(self) -> bool:
         return self.ratio <= self.limit if self.at_most else self.ratio >= self.limit
 
     def line(self) -> str:
         sign = "≤" if self.at_most else "≥"
+        if not self.measured:
+            return (
+                f"SKIP: {self.scenario} {self.description} (not run; needs {sign} {self.limit:g})"
+            )
         outcome = "PASS" if self.passed else "FAIL"
         figure = f"{self.description} = {self.ratio:.2f} (needs {sign} {self.limit:g})"
         return f"{outcome}: {self.scenario} {figure}"
@@ -550,10 +791,7 @@ class Verdict:
 def verdicts(rows: Sequence[Row]) -> list[Verdict]:
     """The issue's targets, each on the median of per-round ratios."""
 
-    def median(scenario: str, subject: str, baseline: str, figure: Callable[[Row], float]) -> float:
-        ratios = paired_ratios(rows, scenario, subject, baseline, figure)
-        return statistics.median(ratios) if ratios else float("nan")
-
+    median = functools.partial(_median_ratio, rows)
     return [
         Verdict(
             "get_c32",
@@ -586,7 +824,110 @@ def verdicts(rows: Sequence[Row]) -> list[Verdict]:
     ]
 
 
-def report(rows: Sequence[Row]) -> str:
+def _median_ratio(
+    rows: Sequence[Row], scenario: str, subject: str, baseline: str, figure: Callable[[Row], float]
+) -> float:
+    """The median of the per-round ratios; NaN when either configuration was not run."""
+    ratios = paired_ratios(rows, scenario, subject, baseline, figure)
+    return statistics.median(ratios) if ratios else float("nan")
+
+
+def _overall(found: Sequence[Verdict]) -> str:
+    measured = [v for v in found if v.measured]
+    if not measured:
+        return "not measured"
+    return "PASS" if all(v.passed for v in measured) else "FAIL"
+
+
+# --- issue #5: metrics, scraping, the access log -----------------------------------------------
+
+
+def variants_table(rows: Sequence[Row]) -> str:
+    """The access-logged and scraped dispatchers against the plain one, paired per round."""
+    lines = [
+        "| variant | scenario | CPU µs/req | CPU ÷ plain | rps ÷ plain | p99 ÷ plain "
+        "| scrapes per run (slowest ms) | n | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for config in (ACCESS_LOGGED, SCRAPED):
+        for scenario in (s.name for s in SCENARIOS):
+            mine = [r for r in rows if r.scenario == scenario and r.config == config]
+            if mine:
+                cells = [
+                    _ratio_cell(rows, scenario, config, SUBJECT, f) for f in (_cpu, _rps, _p99)
+                ]
+                lines.append(
+                    f"| {LABELS[config]} | {scenario} "
+                    f"| {_cell(m.Spread.of(r.cpu_us_per_req for r in mine))} "
+                    f"| {' | '.join(cells)} | {_scrapes_cell(mine)} | {len(mine)} "
+                    f"| {sum(r.non2xx + r.socket_errors for r in mine)} |"
+                )
+    return "\n".join(lines)
+
+
+def _scrapes_cell(rows: Sequence[Row]) -> str:
+    counts = [r.scrapes for r in rows if r.scrapes is not None]
+    slowest = [r.scrape_max_ms for r in rows if r.scrape_max_ms is not None]
+    if not counts or not slowest:
+        return "–"
+    return f"{min(counts)}–{max(counts)} ({max(slowest):.1f})"
+
+
+def scraping_verdicts(rows: Sequence[Row]) -> list[Verdict]:
+    """Scraping must not slow routed requests: CPU/req and p99 within 10 % of the plain rows."""
+    median = functools.partial(_median_ratio, rows)
+    found = []
+    for scenario in (s.name for s in SCENARIOS):
+        for what, figure in (("CPU µs/req", _cpu), ("p99", _p99)):
+            ratio = median(scenario, SCRAPED, SUBJECT, figure)
+            description = f"{what} scraped ÷ plain dispatcher"
+            found.append(Verdict(scenario, description, ratio, MAX_SCRAPED_VS_PLAIN, True))
+    return found
+
+
+def access_log_cost(rows: Sequence[Row]) -> str:
+    """The access log's cost: extra CPU per request in %, and what it does to rps and p99."""
+    parts = []
+    for scenario in (s.name for s in SCENARIOS):
+        cpu = paired_ratios(rows, scenario, ACCESS_LOGGED, SUBJECT, _cpu)
+        if cpu:
+            rps = _median_ratio(rows, scenario, ACCESS_LOGGED, SUBJECT, _rps)
+            p99 = _median_ratio(rows, scenario, ACCESS_LOGGED, SUBJECT, _p99)
+            parts.append(
+                f"{scenario} {_percent(statistics.median(cpu))} CPU µs/req "
+                f"({_percent(min(cpu))} to {_percent(max(cpu))}), rps ×{rps:.2f}, p99 ×{p99:.2f}"
+            )
+    if not parts:
+        return "Access log cost: not measured (run `dispatcher` and `dispatcher-access-log`)."
+    return "Access log cost (on ÷ off, paired per round): " + "; ".join(parts) + "."
+
+
+def _percent(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.1f} %"
+
+
+def issue5_section(rows: Sequence[Row], notes: Sequence[str]) -> str:
+    title = "### Metrics, scraping and the access log (issue #5)"
+    if not any(r.config in (ACCESS_LOGGED, SCRAPED) for r in rows):
+        return f"{title}\n\nNot run: neither {ACCESS_LOGGED} nor {SCRAPED} was measured."
+    found = scraping_verdicts(rows)
+    lines = [
+        title,
+        "",
+        "Metrics are always counted: every dispatcher row above, the verdicts' included, ran "
+        "with them.",
+        "",
+        variants_table(rows),
+        "",
+        f"Scraping /metrics every {SCRAPE_INTERVAL_S:g} s within noise: {_overall(found)}",
+        *(f"* {v.line()}" for v in found),
+        f"* {access_log_cost(rows)}",
+        *(f"* {note}" for note in notes),
+    ]
+    return "\n".join(lines)
+
+
+def report(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     titles = {
         "get_c32": "GET /v1/items?id=1, Host db.do, ~94 B JSON, wrk -t1 -c32 (throughput)",
         "get_c4": "GET /v1/items?id=1, Host db.do, ~94 B JSON, wrk -t1 -c4 (latency)",
@@ -594,9 +935,10 @@ def report(rows: Sequence[Row]) -> str:
     }
     parts = [f"### {titles[s.name]}\n\n{scenario_table(rows, s.name)}" for s in SCENARIOS]
     found = verdicts(rows)
-    overall = "PASS" if all(v.passed for v in found) else "FAIL"
-    lines = [f"Verdict: {overall}", *(f"* {v.line()}" for v in found), f"* {ACCESS_LOG_NOTE}"]
-    return "\n\n".join(parts) + "\n\n" + "\n".join(lines)
+    lines = [f"Verdict: {_overall(found)}", *(f"* {v.line()}" for v in found)]
+    lines.append(f"* {ACCESS_LOG_NOTE}")
+    parts += ["\n".join(lines), issue5_section(rows, notes)]
+    return "\n\n".join(parts)
 
 
 def versions() -> str:
@@ -608,6 +950,9 @@ def versions() -> str:
             found.append(f"{name} (not installed)")
     tools = []
     for command in (("nginx", "-v"), ("haproxy", "-v")):
+        if shutil.which(command[0]) is None:  # HAProxy is needed only when it is measured
+            tools.append(f"{command[0]} (not installed)")
+            continue
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         tools.append((done.stderr or done.stdout).splitlines()[0].strip())
     return (
@@ -845,6 +1190,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds per wrk run for Starlette+httpx (default: --duration)",
     )
     parser.add_argument("--warmup", type=float, default=1.0, help="discarded warm-up seconds")
+    parser.add_argument(
+        "--only",
+        type=_names,
+        default=(),
+        metavar="NAMES",
+        help=f"comma list of configurations to run (default all: {','.join(LABELS)})",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON lines file (appended)")
     parser.add_argument(
         "--profile",
@@ -866,14 +1218,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--rounds, --duration and --warmup must be at least 1")
     if args.httpx_duration is not None and args.httpx_duration < 1:
         parser.error("--httpx-duration must be at least 1")
+    if {ACCESS_LOGGED, SCRAPED} & set(args.only) and SUBJECT not in args.only:
+        parser.error(f"--only: {ACCESS_LOGGED} and {SCRAPED} are compared with {SUBJECT}")
     return args
 
 
-def check_machine(bin_dir: Path) -> None:
-    tools = ("taskset", "wrk", "nginx", "haproxy")
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    missing += [str(p) for p in (bin_dir / n for n in ("uvicorn", "dispatcher")) if not p.exists()]
-    for module in ("starlette", "aiohttp", "httpx"):
+def _names(text: str) -> tuple[str, ...]:
+    """``--only``'s comma list, each a configuration's name."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in LABELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown configuration(s) {', '.join(unknown) or '(none)'}; known: {', '.join(LABELS)}"
+        )
+    return names
+
+
+# What each configuration needs beyond taskset, wrk and nginx (the upstream's): programs on
+# PATH, programs of this virtualenv, Python packages.
+NEEDS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]] = {
+    "haproxy": (("haproxy",), (), ()),
+    AIOHTTP: ((), ("uvicorn",), ("starlette", "aiohttp")),
+    HTTPX: ((), ("uvicorn",), ("starlette", "httpx")),
+    **{name: ((), ("dispatcher",), ()) for name in DISPATCHERS},
+}
+
+
+def check_machine(bin_dir: Path, names: Sequence[str]) -> None:
+    """The tools the configurations ``names`` need are here, and two cores to pin to."""
+    tools = {"taskset", "wrk", "nginx"}
+    programs: set[str] = set()
+    modules: set[str] = set()
+    for name in names:
+        more_tools, more_programs, more_modules = NEEDS.get(name, ((), (), ()))
+        tools.update(more_tools)
+        programs.update(more_programs)
+        modules.update(more_modules)
+    missing = [tool for tool in sorted(tools) if shutil.which(tool) is None]
+    missing += [str(p) for p in (bin_dir / n for n in sorted(programs)) if not p.exists()]
+    for module in sorted(modules):
         try:
             metadata.version(module)
         except metadata.PackageNotFoundError:
@@ -888,6 +1271,8 @@ def _start(
     stack: ExitStack, contender: Contender, cwd: Path, core: int = m.DUT_CORE
 ) -> m.ServerProcess:
     log = LOGS / f"proxy-{contender.name}.log"
+    if contender.name == ACCESS_LOGGED:
+        log.unlink(missing_ok=True)  # hundreds of MB a run: keep the last run's only
     server = m.ServerProcess.start(
         contender.name,
         contender.command,
@@ -903,7 +1288,10 @@ def _start(
 
 def run(args: argparse.Namespace) -> int:
     bin_dir = Path(sys.executable).parent  # uvicorn and dispatcher of this venv
-    check_machine(bin_dir)
+    if args.profile is not None:
+        check_machine(bin_dir, [args.profile_config])
+    else:
+        check_machine(bin_dir, args.only or tuple(LABELS))
     print(versions(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as scratch, ExitStack() as stack:
         layout = Layout.allocate(Path(scratch))
@@ -916,7 +1304,7 @@ def run(args: argparse.Namespace) -> int:
         if args.profile is not None:
             return _run_profile(stack, args, everyone, routes)
         running = []
-        for c in everyone:
+        for c in (c for c in everyone if not args.only or c.name in args.only):
             duration = (
                 args.httpx_duration if c.name == HTTPX and args.httpx_duration else args.duration
             )
@@ -924,9 +1312,22 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(1)
         for r in running:
             smoke_test(r.server, r.contender, routes)
+            smoke_test_variant(r.server, r.contender)
+        scrape_costs = [
+            measure_scrape_cost(r.server, r.contender.scrape_port)
+            for r in running
+            if r.contender.scrape_port is not None
+        ]
         rows = run_rounds(running, upstream_server, routes, args.rounds, args.warmup, args.out)
+    notes = [cost.note(rows) for cost in scrape_costs]
+    # Counted once the servers have stopped: the access log's last batch is flushed on exit.
+    notes += [
+        access_log_note(r.server.log_path, rows)
+        for r in running
+        if r.contender.name == ACCESS_LOGGED
+    ]
     print()
-    print(report(rows))
+    print(report(rows, notes))
     print(f"\nraw rows appended to {args.out}")
     return 0
 

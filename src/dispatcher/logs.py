@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sys
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 LEVELS: Final = ("debug", "info", "warning", "error")
 ACCESS_LOGGER: Final = "dispatcher.access"
 FLUSH_SECONDS: Final = 0.25
-FLUSH_BATCH: Final = 1024
+FLUSH_BATCH: Final = 64
+"""Lines formatted at once at most: about 1 ms of the event loop, not a latency spike."""
+_quote = json.encoder.encode_basestring  # the C escaper: str -> JSON string literal
 # LogRecord attributes that are not ``extra=`` fields.
 _RECORD_FIELDS: Final = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
@@ -47,6 +50,9 @@ class JsonFormatter(logging.Formatter):
     fields, and ``exception`` with the traceback when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
+        line: str | None = getattr(record, "json_line", None)
+        if line is not None:
+            return line  # built whole by AccessLog, the same shape, in a third of the time
         fields: dict[str, Any] = {
             "ts": _iso(record.created),
             "level": record.levelname.lower(),
@@ -62,21 +68,60 @@ class JsonFormatter(logging.Formatter):
 
 
 def _iso(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    seconds = _seconds(int(created))
     return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _seconds(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
+class BatchHandler(logging.Handler):
+    """Keeps formatted lines until ``flush``, then writes them in one call: a batch of
+    access lines is one write to stderr, not one (and one flush) per request."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self._stream = stream
+        self._lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            self.acquire()
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            finally:
+                self.release()
 
 
 def configure_logging(level: str, *, stream: Any = None) -> None:
     """JSON lines on stderr (or ``stream``) at ``level``; replaces any earlier handler."""
     if level not in LEVELS:
         raise ValueError(f"unknown log level {level!r} (one of {', '.join(LEVELS)})")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    out = stream if stream is not None else sys.stderr
+    handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    access = logging.getLogger(ACCESS_LOGGER)
+    for old in list(access.handlers):
+        access.removeHandler(old)
+    batched = BatchHandler(out)
+    batched.setFormatter(JsonFormatter())
+    access.addHandler(batched)
+    access.propagate = False  # one line, written by its own handler in batches
 
 
 def request_fields(exchange: Exchange, finished: float) -> dict[str, Any]:
@@ -98,6 +143,36 @@ def request_fields(exchange: Exchange, finished: float) -> dict[str, Any]:
     if exchange.failure is not None:
         fields["reason"] = exchange.failure
     return fields
+
+
+def access_line(
+    exchange: Exchange, finished: float, wall: float, message: str, context: str
+) -> str:
+    """The access line as ``JsonFormatter`` would write ``request_fields``, built directly."""
+    head = exchange.head
+    route = head.route if head is not None else None
+    failure = exchange.failure
+    reason = f', "reason": {_quote(failure)}' if failure is not None else ""
+    if head is not None:
+        client = _quote(head.client[0]) if head.client is not None else "null"
+        request = (
+            f'"request_id": {_quote(head.request_id.decode("ascii"))}, '
+            f'"method": {_quote(head.method)}, "host": {_quote(head.host)}, '
+            f'"path": {_quote(head.path)}, '
+        )
+    else:
+        client = "null"
+        request = '"request_id": null, "method": null, "host": null, "path": null, '
+    return (
+        f'{{"ts": "{_iso(wall)}", "level": "info", "logger": "{ACCESS_LOGGER}", '
+        f'"message": {_quote(message)}, {request}"status": {exchange.status}, '
+        f'"outcome": "{outcomes.NAMES[exchange.outcome]}", '
+        f'"service": {_quote(route.service) if route is not None else "null"}, '
+        f'"worker": {_quote(route.worker) if route is not None else "null"}, '
+        f'"duration_ms": {round((finished - exchange.started) * 1000, 3)}, "client": {client}'
+        f"{reason}"
+        f"{context}"
+    )
 
 
 class ErrorLog:
@@ -148,10 +223,12 @@ class ErrorLog:
 class AccessLog:
     """One line per request on the ``dispatcher.access`` logger, formatted in batches."""
 
-    __slots__ = ("_context", "_logger", "_pending", "_task")
+    __slots__ = ("_context_json", "_logger", "_pending", "_task")
 
     def __init__(self, *, environment: str, namespace: str) -> None:
-        self._context = {"environment": environment, "namespace": namespace}
+        self._context_json = (
+            f', "environment": {_quote(environment)}, "namespace": {_quote(namespace)}}}'
+        )
         self._logger = logging.getLogger(ACCESS_LOGGER)
         self._pending: list[tuple[Exchange, float, float]] = []
         self._task: asyncio.Task[None] | None = None
@@ -167,21 +244,20 @@ class AccessLog:
         logger = self._logger
         if not pending or not logger.isEnabledFor(logging.INFO):
             return
+        context = self._context_json
         for exchange, finished, wall in pending:
-            fields = request_fields(exchange, finished)
-            fields.update(self._context)
-            record = logger.makeRecord(
-                logger.name,
-                logging.INFO,
-                "",
-                0,
-                "%s %s%s %d",
-                (fields["method"], fields["host"], fields["path"], exchange.status),
-                None,
-                extra=fields,
+            head = exchange.head
+            message = (
+                f"{head.method} {head.host}{head.path} {exchange.status}"
+                if head is not None
+                else f"- {exchange.status}"
             )
+            record = logging.LogRecord(logger.name, logging.INFO, "", 0, message, None, None)
             record.created = wall
+            record.json_line = access_line(exchange, finished, wall, message, context)
             logger.handle(record)
+        for handler in logger.handlers:
+            handler.flush()
 
     async def __aenter__(self) -> AccessLog:
         self._task = asyncio.get_running_loop().create_task(self._flush_regularly())

@@ -153,3 +153,16 @@ def test_an_unknown_log_level_is_a_usage_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "loud" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_access_lines_escape_what_the_client_chose(tmp_path: Path) -> None:
+    awkward = 'quote"back\\slash{}'
+
+    def traffic(port: int, admin_port: int) -> None:
+        assert request(port, "gateway.do", "/caf%C3%A9", {"X-Request-Id": awkward}) == 200
+
+    lines = run_and_stop(tmp_path, traffic=traffic)
+    [access] = [line for line in lines if line["logger"] == "dispatcher.access"]
+    assert access["request_id"] == awkward
+    assert access["path"] == "/caf%C3%A9"
+    assert access["message"] == "GET gateway.do/caf%C3%A9 200"

@@ -146,7 +146,7 @@ def test_a_killed_process_is_replaced_while_the_other_serves(serve: Any) -> None
     # A connection the kernel had queued on the dead process's socket as it died is reset
     # (SO_REUSEPORT: each process has its own queue); once that settles, the other process
     # serves every request while the replacement starts.
-    wait_for(lambda: answers(served.port))
+    wait_for(lambda: all(answers(served.port) for _ in range(5)))
     assert set(served_by(served.port, 20)) <= {survivor} | set(served.children())
     wait_for(lambda: len(served.children()) == 2 and victim not in served.children())
     replacement = (set(served.children()) - {survivor}).pop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from typing import Final
 
@@ -86,15 +87,46 @@ class Listener:
             await asyncio.sleep(TICK_SECONDS)
             state.tick()
 
+    def _adopt_backlog(self, state: ServerState) -> list[asyncio.Future[object]]:
+        assert self._server is not None
+        loop = asyncio.get_running_loop()
+        adopted: list[asyncio.Future[object]] = []
+        for listening in self._server.sockets:
+            # A duplicate of the listening socket (uvloop's own is not ours to change).
+            with socket.socket(fileno=os.dup(listening.fileno())) as duplicate:
+                duplicate.setblocking(False)
+                while True:
+                    try:
+                        connection, _ = duplicate.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        logger.warning("could not accept a queued connection while stopping")
+                        break
+                    connection.setblocking(False)
+                    adopted.append(
+                        asyncio.ensure_future(
+                            loop.connect_accepted_socket(lambda: HttpProtocol(state), connection)
+                        )
+                    )
+        return adopted
+
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, let in-flight responses finish for up to ``grace`` s, then cut."""
         if self._server is None or self._state is None:
             return
         state = self._state
         state.is_closing = True
+        open_before = list(state.connections)
+        # Connections the kernel completed but we had not accepted yet would be reset by the
+        # close: accept them first, in the same step as the close, and answer them too (their
+        # first request is answered with Connection: close, or the header deadline ends them).
+        adopted = self._adopt_backlog(state)
         self._server.close()
-        for connection in list(state.connections):
+        for connection in open_before:
             connection.shutdown()
+        if adopted:
+            await asyncio.gather(*adopted, return_exceptions=True)
         deadline = asyncio.get_running_loop().time() + grace
         while state.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
