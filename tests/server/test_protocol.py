@@ -181,17 +181,19 @@ async def test_half_closed_client_gets_every_pipelined_answer(server: Server) ->
     await server.assert_serves()
 
 
-async def test_many_pipelined_answers_given_at_once_after_a_slow_one(server: Server) -> None:
-    """Regression: each immediate answer started the next one recursively (RecursionError)."""
-    client = await server.connect()
+async def test_many_pipelined_answers_given_at_once_after_a_slow_one(tmp_path: Path) -> None:
+    """Regression: each immediate answer started the next one recursively (RecursionError).
+    More than the recursion limit must wait: the pipelining cap is raised for it."""
     count = 1500
-    client.send(
-        request_bytes("GET", "/sleep/100") + request_bytes("GET", "/", host="nope.do") * count
-    )
-    assert (await client.response()).body == b"slept 100"
-    for _ in range(count):
-        assert (await client.response()).status == 404
-    assert (await client.request("/after")).status == 200
+    async with serve(tmp_path, limits={"max_pipelined": 2000}) as server:
+        client = await server.connect()
+        client.send(
+            request_bytes("GET", "/sleep/100") + request_bytes("GET", "/", host="nope.do") * count
+        )
+        assert (await client.response()).body == b"slept 100"
+        for _ in range(count):
+            assert (await client.response()).status == 404
+        assert (await client.request("/after")).status == 200
 
 
 # --- Bodies ---
