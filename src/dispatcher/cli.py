@@ -442,7 +442,7 @@ async def _supervise(
         async with running(
             settings,
             load_settings=load_settings,
-            on_reload=lambda: members.signal(signal.SIGHUP),
+            on_reload=members.reload,
             serve_traffic=False,
             group_samples=members.samples,
         ) as dispatcher:

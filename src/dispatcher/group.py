@@ -42,6 +42,8 @@ logger = logging.getLogger("dispatcher.group")
 PUBLISH_SECONDS: Final = 0.5
 RESTART_PAUSE: Final = 0.5
 RESTART_PAUSE_MAX: Final = 10.0
+READY_WITHIN: Final = 60.0
+"""How long a reload waits for a process still starting before giving up on it."""
 QUICK_DEATH: Final = 2.0
 """A process that dies sooner than this after its start doubles the pause before the next."""
 
@@ -70,6 +72,7 @@ class ProcessGroup:
         self._directory = Path(metrics_dir)
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._watchers: list[asyncio.Task[None]] = []
+        self._pending: set[asyncio.Task[None]] = set()
         self._is_stopping = False
 
     @property
@@ -94,7 +97,7 @@ class ProcessGroup:
     async def stop(self, grace: float = 30.0) -> None:
         """SIGTERM every process, wait up to ``grace`` s for their drains, then SIGKILL."""
         self._is_stopping = True
-        for task in self._watchers:
+        for task in (*self._watchers, *self._pending):
             task.cancel()
         self.signal(signal.SIGTERM)
         running = [p for p in self._processes.values() if p.returncode is None]
@@ -116,6 +119,34 @@ class ProcessGroup:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(sig)
+
+    def reload(self) -> None:
+        """Pass a reload on. A process still starting may not handle SIGHUP yet (its default
+        action ends it): it gets the signal once it has published its first metrics, which
+        it does only after its handler is installed."""
+        loop = asyncio.get_running_loop()
+        for process in self._processes.values():
+            if process.returncode is not None:
+                continue
+            if self._is_ready(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGHUP)
+            else:
+                task = loop.create_task(self._reload_when_ready(process))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    def _is_ready(self, pid: int) -> bool:
+        return (self._directory / f"{pid}.json").exists()
+
+    async def _reload_when_ready(self, process: asyncio.subprocess.Process) -> None:
+        deadline = time.monotonic() + READY_WITHIN
+        while process.returncode is None and time.monotonic() < deadline:
+            if self._is_ready(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGHUP)
+                return
+            await asyncio.sleep(0.05)
 
     def samples(self) -> list[ProcessSample]:
         """The last published metrics of every process, the dead ones' counters included."""

@@ -46,3 +46,30 @@ async def test_connections_waiting_in_the_accept_queue_at_stop_are_answered() ->
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
         assert b"\r\nconnection: close\r\n" in answer
         assert answer.endswith(b"served")
+
+
+async def test_a_connection_that_has_not_sent_its_request_yet_gets_a_moment_for_it() -> None:
+    async with run_dispatcher(workers={"db": app}, environ={}) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.listener.port)
+        await asyncio.sleep(0.05)  # accepted: the server has it, with nothing to read yet
+        stopping = asyncio.ensure_future(running.listener.stop(5.0))
+        await asyncio.sleep(0.2)
+        writer.write(b"GET / HTTP/1.1\r\nHost: db.do\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await stopping
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert b"\r\nconnection: close\r\n" in answer
+
+
+async def test_an_idle_keep_alive_connection_is_closed_at_once() -> None:
+    async with run_dispatcher(workers={"db": app}, environ={}) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.listener.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: db.do\r\n\r\n")
+        first = await reader.readuntil(b"served")
+        stopping = asyncio.ensure_future(running.listener.stop(5.0))
+        rest = await asyncio.wait_for(reader.read(), 0.9)  # closed, not kept for the 1 s grace
+        writer.close()
+        await stopping
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest == b""

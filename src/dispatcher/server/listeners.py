@@ -117,16 +117,16 @@ class Listener:
             return
         state = self._state
         state.is_closing = True
-        open_before = list(state.connections)
         # Connections the kernel completed but we had not accepted yet would be reset by the
-        # close: accept them first, in the same step as the close, and answer them too (their
-        # first request is answered with Connection: close, or the header deadline ends them).
+        # close: accept them first, in the same step as the close, and answer them too.
         adopted = self._adopt_backlog(state)
         self._server.close()
-        for connection in open_before:
-            connection.shutdown()
         if adopted:
             await asyncio.gather(*adopted, return_exceptions=True)
+        # Idle keep-alive connections close now; one that has sent nothing yet (just
+        # accepted, or adopted above) gets a moment for its first request.
+        for connection in list(state.connections):
+            connection.shutdown()
         deadline = asyncio.get_running_loop().time() + grace
         while state.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)

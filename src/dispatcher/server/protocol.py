@@ -108,6 +108,8 @@ _OVER_CONNECTION_LIMIT: Final = (
 # Deadline kinds: what happens when ``_deadline`` passes.
 _NO_DEADLINE, _IDLE, _HEAD, _BODY, _DRAIN, _LINGER = 0, 1, 2, 3, 4, 5
 
+FIRST_REQUEST_GRACE: Final = 1.0
+"""At a graceful stop, how long a connection that has sent nothing yet may still send."""
 LINGER_SECONDS: Final = 2.0
 """How long a refused client may go on sending before the socket is closed under it."""
 
@@ -687,6 +689,7 @@ class HttpProtocol(asyncio.Protocol):
         "_write_paused_at",
         "_body_since",
         "_body_bytes",
+        "_has_begun",
         "is_client_gone",
     )
 
@@ -732,6 +735,7 @@ class HttpProtocol(asyncio.Protocol):
         self._write_paused_at = 0.0
         self._body_since = 0.0  # when the body's rate window began (0: no body byte yet)
         self._body_bytes = 0
+        self._has_begun = False  # a first request has started on this connection
         self.is_client_gone = False  # the client closed its side (EOF) or the connection
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -874,6 +878,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._has_begun = True
         self._head_bytes = 0
         self._url = b""
         self._headers = []
@@ -1288,6 +1293,11 @@ class HttpProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop: close now if idle, else once the current response is sent."""
         if self._active is None and self._parsing is None:
+            if not self._has_begun and not self._head_bytes and self.transport is not None:
+                # Accepted a moment ago: its first request may be on its way. It gets a short
+                # grace, then is answered with Connection: close (or closed if still silent).
+                self._arm(_IDLE, FIRST_REQUEST_GRACE)
+                return
             self._close()
         else:
             for exchange in (self._active, *self._queue):
