@@ -332,19 +332,12 @@ class DeployAPI:
         client = _client(scope)
         try:
             self._failures.check(client)
-        except TooManyFailures as error:
-            logger.warning(
-                "admin: %s %s from %s refused: %s",
-                scope["method"],
-                scope["path"],
-                client,
-                error.message,
-            )
-            raise
-        try:
-            return self._auth.authenticate(_authorization(scope))
-        except Unauthorized as error:
-            self._failures.record(client)
+            try:
+                return self._auth.authenticate(_authorization(scope))
+            except Unauthorized:
+                self._failures.record(client)
+                raise
+        except (TooManyFailures, Unauthorized) as error:
             # Audit the refusal; never the header, which may hold a token that is almost right.
             logger.warning(
                 "admin: %s %s from %s refused: %s",

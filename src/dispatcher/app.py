@@ -76,12 +76,12 @@ class RunningDispatcher:
 
     @property
     def url(self) -> str:
-        return _url(self.settings.host, self.listener.port)
+        return url_for(self.settings.host, self.listener.port)
 
     @property
     def admin_url(self) -> str:
         """Where the Deploy API answers (``DISPATCHER_ADMIN_URL`` for the CLI)."""
-        return _url(self.settings.admin.host, self.admin_listener.port)
+        return url_for(self.settings.admin.host, self.admin_listener.port)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -346,7 +346,8 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _url(host: str, port: int) -> str:
+def url_for(host: str, port: int) -> str:
+    """``http://host:port``, IPv6 addresses in brackets."""
     return f"http://{_address(host, port)}"
 
 

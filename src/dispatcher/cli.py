@@ -18,7 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +26,7 @@ import click
 import uvloop
 
 from dispatcher.admin_client import AdminClient, worker_path
-from dispatcher.app import Preparation, RunningDispatcher, running
+from dispatcher.app import Preparation, RunningDispatcher, running, url_for
 from dispatcher.auth import generate_token, hash_token
 from dispatcher.errors import (
     AdminClientError,
@@ -46,7 +46,17 @@ from dispatcher.types import WorkerName
 from dispatcher.workers import AppTarget, UpstreamTarget, parse_upstream_url, validate_name
 
 logger = logging.getLogger("dispatcher")
-_EARLY_SIGHUP = threading.Event()
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A serving process of a group: where it publishes its metrics, and whether a reload
+    came before it could handle one."""
+
+    metrics_dir: str
+    early_sighup: threading.Event
+
+
 ECHO_APP = "dispatcher.echo:app"
 DEV_PORT = 8787
 
@@ -133,21 +143,16 @@ def serve(
     _configure_logging(log_level)
     _raise_open_files_limit()
 
+    read = _reader(config_path, host=host, port=port, admin_host=admin_host, admin_port=admin_port)
+
     def load() -> Settings:
-        loaded = Settings.load(
-            config_path,
-            os.environ,
-            host=host,
-            port=port,
-            admin_host=admin_host,
-            admin_port=admin_port,
-        )
-        return replace(loaded, access_log=access_log)
+        return replace(read(), access_log=access_log)
 
     if serving_only:
+        member = Member(metrics_dir or "", threading.Event())
         # A SIGHUP (the group reloading) may come while this member is still starting: it
         # must not kill it, nor be lost; it is noted and applied once serving.
-        signal.signal(signal.SIGHUP, lambda *_: _EARLY_SIGHUP.set())
+        signal.signal(signal.SIGHUP, lambda *_: member.early_sighup.set())
         die_with_supervisor()
     settings = _checked(load)
     if serving_only:
@@ -157,7 +162,7 @@ def serve(
         def load_member() -> Settings:
             return replace(load(), admin=admin)
 
-        _run(load_member(), announce=_quiet, load_settings=load_member, member_of=metrics_dir)
+        _run(load_member(), announce=_quiet, load_settings=load_member, member=member)
     elif processes > 1:
         command = [sys.executable, "-m", "dispatcher", "serve", "--serving-only"]
         command += ["--config", config_path] if config_path else []
@@ -346,15 +351,17 @@ def resolve(config_path: str | None, url: str) -> None:
         click.echo(f"normalized path: {path}")
 
 
-def _load(
+def _reader(
     config_path: str | None,
     *,
     host: str | None = None,
     port: int | None = None,
     admin_host: str | None = None,
     admin_port: int | None = None,
-) -> Settings:
-    try:
+) -> Callable[[], Settings]:
+    """Reads the configuration with these flags, now and again at each reload."""
+
+    def read() -> Settings:
         return Settings.load(
             config_path,
             os.environ,
@@ -363,8 +370,21 @@ def _load(
             admin_host=admin_host,
             admin_port=admin_port,
         )
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from exc
+
+    return read
+
+
+def _load(
+    config_path: str | None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    admin_host: str | None = None,
+    admin_port: int | None = None,
+) -> Settings:
+    return _checked(
+        _reader(config_path, host=host, port=port, admin_host=admin_host, admin_port=admin_port)
+    )
 
 
 def _run(
@@ -374,13 +394,13 @@ def _run(
     prepare: Preparation | None = None,
     load_settings: Callable[[], Settings] | None = None,
     group: tuple[int, list[str]] | None = None,
-    member_of: str | None = None,
+    member: Member | None = None,
 ) -> None:
     try:
         if group is not None:
             uvloop.run(_supervise(settings, announce, load_settings, *group))
         else:
-            uvloop.run(_serve_until_signal(settings, announce, prepare, load_settings, member_of))
+            uvloop.run(_serve_until_signal(settings, announce, prepare, load_settings, member))
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
     except StoreError as exc:
@@ -399,21 +419,21 @@ async def _serve_until_signal(
     announce: Callable[[Settings, str], None],
     prepare: Preparation | None,
     load_settings: Callable[[], Settings] | None,
-    member_of: str | None,
+    member: Member | None,
 ) -> None:
     stop = _stop_on_signals()
     async with running(
         settings,
         prepare=prepare,
         load_settings=load_settings,
-        reuse_port=member_of is not None,
+        reuse_port=member is not None,
     ) as dispatcher:
         _reload_on_sighup(dispatcher)
-        if _EARLY_SIGHUP.is_set():
-            os.kill(os.getpid(), signal.SIGHUP)  # the one that came during startup
         publishing = None
-        if member_of is not None:
-            publishing = asyncio.create_task(publish_samples(dispatcher.sample, member_of))
+        if member is not None:
+            if member.early_sighup.is_set():
+                os.kill(os.getpid(), signal.SIGHUP)  # the one that came during startup
+            publishing = asyncio.create_task(publish_samples(dispatcher.sample, member.metrics_dir))
         announce(settings, dispatcher.url)
         await stop.wait()
         if publishing is not None:
@@ -448,13 +468,9 @@ async def _supervise(
         ) as dispatcher:
             _reload_on_sighup(dispatcher)
             async with members:
-                announce(settings, f"http://{_host_port(settings.host, port)}")
+                announce(settings, url_for(settings.host, port))
                 await stop.wait()
                 await members.stop(settings.limits.drain_timeout)
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _stop_on_signals() -> asyncio.Event:

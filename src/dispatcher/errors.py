@@ -153,9 +153,6 @@ class Overloaded(RequestError):
     code = "overloaded"
     outcome = outcomes.OVERLOADED
     headers: ClassVar[list[tuple[bytes, bytes]]] = [(b"retry-after", b"1")]
-    connections_body: ClassVar[bytes] = (
-        b'{"error": "Service unavailable", "message": "too many connections", "code": "overloaded"}'
-    )
 
 
 class BadRequest(RequestError):

@@ -99,10 +99,11 @@ REQUEST_ID: Final = b"x-request-id"
 # line and back into a header, so nothing that could split either is taken.
 _VALID_REQUEST_ID: Final = re.compile(rb"[!-~]{1,200}")
 _REQUEST_ID_LINE: Final = re.compile(rb"^x-request-id:", re.IGNORECASE | re.MULTILINE)
+_TOO_MANY_CONNECTIONS: Final = Overloaded("too many connections").body()
 _OVER_CONNECTION_LIMIT: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
     b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%b"
-    % (len(Overloaded.connections_body), Overloaded.connections_body)
+    % (len(_TOO_MANY_CONNECTIONS), _TOO_MANY_CONNECTIONS)
 )
 
 # Deadline kinds: what happens when ``_deadline`` passes.
