@@ -82,6 +82,7 @@ except ModuleNotFoundError:  # run as a script: bench/ is on sys.path, the repos
     from bench.inproc import POST_SIZE, SCENARIOS, WARMUP
     from bench.peers.routing import UPSTREAMS_VARIABLE, PeerRoutes
 
+from dispatcher._compiled import describe_build
 from dispatcher.routing import SEED_SERVICES
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
@@ -956,7 +957,8 @@ def versions() -> str:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         tools.append((done.stderr or done.stdout).splitlines()[0].strip())
     return (
-        f"Python {platform.python_version()}, {', '.join(found)}; {'; '.join(tools)}; "
+        f"Python {platform.python_version()}, {', '.join(found)} (request path "
+        f"{describe_build()}); {'; '.join(tools)}; "
         f"kernel {platform.release()}, {os.cpu_count()} CPUs"
     )
 
@@ -1026,7 +1028,7 @@ def profile(server: m.ServerProcess, out: Path, args: argparse.Namespace) -> str
         sections.append("perf not found: no system call counts, no kernel/user split.")
     else:
         sections.append(syscall_section(server, args.profile_seconds))
-        sections.append(perf_section(server, args.profile_seconds))
+        sections.append(perf_section(server, args.profile_seconds, args.perf_data))
     return "\n\n".join(sections)
 
 
@@ -1138,7 +1140,7 @@ def syscall_section(server: m.ServerProcess, seconds: float) -> str:
     return f"system calls per request ({server.name}, GET -c32): " + ", ".join(counts)
 
 
-def perf_section(server: m.ServerProcess, seconds: float) -> str:
+def perf_section(server: m.ServerProcess, seconds: float, keep: Path | None = None) -> str:
     """CPU µs per request by binary, by kernel path and by symbol, from ``perf record``."""
     with tempfile.TemporaryDirectory(prefix="bench-proxy-perf-") as scratch:
         data = Path(scratch) / "perf.data"
@@ -1147,6 +1149,8 @@ def perf_section(server: m.ServerProcess, seconds: float) -> str:
         by_dso, total_ns = _perf_report(data, ["--no-children", "--sort", "dso"])
         by_path, _ = _perf_report(data, ["--children", "--sort", "sym"])
         by_symbol, _ = _perf_report(data, ["--no-children", "--sort", "dso,sym"])
+        if keep is not None:
+            shutil.copy(data, keep)
 
     def cost(percent: float) -> str:
         return f"{percent * total_ns / 1e5 / requests:6.2f} µs/req {percent:5.1f}%"
@@ -1211,6 +1215,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="configuration to profile (default: dispatcher)",
     )
     parser.add_argument("--profile-seconds", type=float, default=8.0, help="seconds sampled")
+    parser.add_argument(
+        "--perf-data",
+        type=Path,
+        default=None,
+        help="with --profile: keep perf's recording here (for `perf report -i`)",
+    )
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--native", action="store_true", help="py-spy --native (pauses it)")
     args = parser.parse_args(argv)

@@ -1,6 +1,11 @@
 """dispatcher: a dynamic-dispatch HTTP router for per-environment worker namespaces."""
 
-from dispatcher.errors import (
+from dispatcher._compiled import load_source_if_asked
+
+load_source_if_asked()  # before any compiled module is imported
+
+
+from dispatcher.errors import (  # noqa: E402
     BadRequest,
     ConfigError,
     DispatcherError,
@@ -9,7 +14,7 @@ from dispatcher.errors import (
     StoreError,
     WorkerNotDeployed,
 )
-from dispatcher.routing import Route, RouteMatch, RouteTable, RoutingConfig
+from dispatcher.routing import Route, RouteMatch, RouteTable, RoutingConfig  # noqa: E402
 
 __all__ = [
     "BadRequest",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from dispatcher import __version__
+from dispatcher._compiled import describe_build
 from dispatcher.admin import DeployAPI
 from dispatcher.auth import BearerTokenAuth, ensure_token_file
 from dispatcher.console import Console
@@ -232,13 +233,15 @@ async def running(
         )
         if serve_traffic:
             logger.info(
-                "dispatcher serving %s on %s:%d (namespace %s, revision %d, %d workers)",
+                "dispatcher serving %s on %s:%d (namespace %s, revision %d, %d workers; "
+                "request path %s)",
                 settings.environment,
                 settings.host,
                 listener.port,
                 settings.namespace,
                 snapshot.revision,
                 len(snapshot.namespace.workers) if snapshot.namespace else 0,
+                describe_build(),
             )
         logger.info(
             "Deploy API on %s:%d (%s)",

@@ -91,6 +91,33 @@ class BodyStream(Protocol):
         """Wait until the client goes away or the response has been sent."""
         ...
 
+    def pipe(self, sink: BodySink) -> None:
+        """From now on hand each chunk to ``sink`` as it arrives (those already received
+        first) instead of queueing it for ``read``; then ``end_body`` or ``abort_body``."""
+        ...
+
+    def hold(self) -> None:
+        """The sink is full: stop reading the client until ``release``."""
+        ...
+
+    def release(self) -> None:
+        """The sink has room again."""
+        ...
+
+
+class BodySink(Protocol):
+    """Where a piped request body goes: an upstream connection, without a task or a queue."""
+
+    def write_body(self, data: bytes) -> None: ...
+
+    def end_body(self) -> None:
+        """The client sent the whole body."""
+        ...
+
+    def abort_body(self) -> None:
+        """The client side failed mid-body (gone, too large, too slow); it is answered there."""
+        ...
+
 
 class Producer(Protocol):
     """What feeds a response from elsewhere (an upstream connection): the client side pauses

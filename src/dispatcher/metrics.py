@@ -38,11 +38,11 @@ from dispatcher import outcomes
 if TYPE_CHECKING:
     from dispatcher.server.protocol import Exchange
 
-DURATION_BUCKETS: Final = (
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 """Whole-request latency, seconds (1 ms to 30 s)."""
-OVERHEAD_BUCKETS: Final = (
+OVERHEAD_BUCKETS: Final[tuple[float, ...]] = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip
 """The dispatcher's own time per request, seconds (50 µs to 100 ms; the seed's SLO is 5 ms)."""

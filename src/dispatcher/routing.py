@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Final, cast
 
 from dispatcher.errors import ConfigError
 from dispatcher.types import ServiceName, WorkerName
@@ -142,7 +142,7 @@ class RoutingConfig:
 
 _PathIndex = tuple[tuple[int, dict[str, RouteMatch]], ...]
 _VERSIONED_MEMO_SIZE: Final = 4096
-_UNSEEN: Final[Any] = object()
+_UNSEEN: Final = object()
 
 
 class RouteTable:
@@ -191,9 +191,11 @@ class RouteTable:
         if match is not None:
             return match
         if self._subdomains:
-            match = self._versioned.get(host, _UNSEEN)
-            if match is _UNSEEN:
+            memo: object = self._versioned.get(host, _UNSEEN)
+            if memo is _UNSEEN:
                 match = self._resolve_versioned(host)
+            else:
+                match = cast("RouteMatch | None", memo)
             if match is not None:
                 return match
         if self._paths:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import ssl
 import struct
@@ -94,11 +93,17 @@ _PROXY_OWNED: Final = frozenset(
 )
 _NOTHING: Final[frozenset[bytes]] = frozenset()
 _SWITCH_HEADERS: Final = b"connection: upgrade\r\nupgrade: websocket\r\n"
-_HOP_LINE: Final = re.compile(
-    rb"^(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
-    rb"|content-length):[ \t]*(.*?)[ \t]*\r\n",
-    re.IGNORECASE | re.MULTILINE,
+_HOP_NAMES: Final = (
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"content-length",
 )
+_HOP_MARKERS: Final = tuple(b"\n" + name + b":" for name in _HOP_NAMES)
 
 
 class UpstreamFailure(RequestError):
@@ -125,8 +130,11 @@ class UpstreamOverloaded(UpstreamFailure):
     headers: ClassVar[list[tuple[bytes, bytes]]] = [(b"retry-after", b"1")]
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to an upstream; carries one exchange at a time."""
+class UpstreamConnection:
+    """One keep-alive connection to an upstream; carries one exchange at a time.
+
+    An ``asyncio.Protocol`` by its methods, not by inheritance (see ``HttpProtocol``).
+    """
 
     __slots__ = (
         "pool",
@@ -141,8 +149,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_deadline",
         "_waiting_head",
         "_is_reused",
-        "_is_paused",
-        "_drain_waiter",
         "_must_close",
         "idle_since",
         "_finished",
@@ -152,6 +158,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_retry",
         "_is_close_delimited",
         "_is_poisoned",
+        "_body",
+        "_is_body_chunked",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -167,8 +175,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._waiting_head = False
         self._is_reused = False
-        self._is_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
         self._must_close = False
         self._finished = False
         self.idle_since = 0.0
@@ -179,11 +185,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._retry: tuple[UpstreamForwarder, RequestHead, BodyStream] | None = None
         self._is_close_delimited = False  # the body ends when the upstream closes
         self._is_poisoned = False  # bytes of another answer followed the one we asked for
+        # A request body being piped from the client (callback path); None once all sent.
+        self._body: BodyStream | None = None
+        self._is_body_chunked = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost decides what the end means
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -192,7 +204,6 @@ class UpstreamConnection(asyncio.Protocol):
         if tunnel is not None:
             tunnel.close()
             return
-        self._wake_drain()
         if self._exchange is not None and not self._finished:
             if self._is_close_delimited and exc is None:
                 self._finish()  # RFC 9112 §6.3: this body is delimited by the close
@@ -256,11 +267,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._close()
 
     def pause_writing(self) -> None:
-        self._is_paused = True
+        if self._body is not None:
+            self._body.hold()
 
     def resume_writing(self) -> None:
-        self._is_paused = False
-        self._wake_drain()
+        if self._body is not None:
+            self._body.release()
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -379,24 +391,36 @@ class UpstreamConnection(asyncio.Protocol):
         self._is_started = False
         self._finished = False
         self._waiting_head = True
+        self._body = None
+        self._is_body_chunked = False
         self._deadline = hub.now + hub.settings.response_header_timeout
         exchange.producer = self
         assert self.transport is not None
         self.transport.write(request)
         exchange.handed_off = perf_counter()
 
+    def pipe_body(self, body: BodyStream, *, chunked: bool) -> None:
+        """Callback path: the client's body chunks are written here as they arrive."""
+        self._body = body
+        self._is_body_chunked = chunked
+        body.pipe(self)
+
+    # BodySink, for a piped request body.
     def write_body(self, data: bytes) -> None:
         if self.transport is not None:
+            if self._is_body_chunked:
+                data = b"%x\r\n%b\r\n" % (len(data), data)
             self.transport.write(data)
 
-    async def drain(self) -> None:
-        while self._is_paused and self.transport is not None:
-            self._drain_waiter = self.pool.hub.loop.create_future()
-            await self._drain_waiter
+    def end_body(self) -> None:
+        self._body = None
+        if self._is_body_chunked and self.transport is not None and not self._finished:
+            self.transport.write(b"0\r\n\r\n")
 
-    @property
-    def is_finished(self) -> bool:
-        return self._finished
+    def abort_body(self) -> None:
+        if self._body is not None:
+            self._body = None
+            self.cancel()  # a half-sent body: this connection is done for
 
     def _finish(self) -> None:
         exchange, self._exchange = self._exchange, None
@@ -404,7 +428,13 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is not None:
             exchange.producer = None
             exchange.end()
-        if self._must_close or not self._parser.should_keep_alive() or self._is_head:
+        if (
+            self._must_close
+            or not self._parser.should_keep_alive()
+            or self._is_head
+            or self._body is not None  # answered before the whole body was sent
+        ):
+            self._body = None
             self._close()
         else:
             self.pool.release(self)
@@ -476,13 +506,7 @@ class UpstreamConnection(asyncio.Protocol):
         transport, self.transport = self.transport, None
         if transport is not None:
             _reset(transport)
-        self._wake_drain()
         self._resolve()
-
-    def _wake_drain(self) -> None:
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _close(self) -> None:
         self.pool.forget(self)
@@ -519,23 +543,27 @@ def _response_block(lines: bytes) -> tuple[bytes, int | None, bool, bool]:
     length, whether the upstream asked to close and whether the body is chunked.
 
     Hop-by-hop lines (RFC 9110 §7.6.1) and the Content-Length line (the client side frames
-    the body itself) are removed: two C calls over the raw head (llhttp validated its
-    lines) instead of a loop per header."""
-    found = _HOP_LINE.findall(lines)
+    the body itself) are removed. llhttp validated the lines; a few ``bytes.find`` over one
+    lower-cased copy locate them (a case-insensitive regex over every head cost 4 µs)."""
+    found = _hop_lines(lines)
     if not found:
         return lines, None, False, False
-    lines = _HOP_LINE.sub(b"", lines)
+    kept = []
+    at = 0
     length: int | None = None
     connection: bytes | None = None
     is_chunked = False
-    for name, value in found:
-        lname = name.lower()
-        if lname == b"content-length":
+    for start, end, name, value in found:
+        kept.append(lines[at:start])
+        at = end
+        if name == b"content-length":
             length = int(value)  # llhttp refused conflicting values already
-        elif lname == b"connection":
+        elif name == b"connection":
             connection = value if connection is None else connection + b"," + value
-        elif lname == b"transfer-encoding":
+        elif name == b"transfer-encoding":
             is_chunked = True  # llhttp accepts no coding but a final "chunked"
+    kept.append(lines[at:])
+    lines = b"".join(kept)
     if connection is None or connection.lower() == b"keep-alive":
         return lines, length, False, is_chunked
     tokens = _tokens(connection)
@@ -547,6 +575,24 @@ def _response_block(lines: bytes) -> tuple[bytes, int | None, bool, bool]:
             if line and line.partition(b":")[0].lower() not in named
         )
     return lines, length, b"close" in tokens, is_chunked
+
+
+def _hop_lines(lines: bytes) -> list[tuple[int, int, bytes, bytes]]:
+    """(start, end, lower-case name, value) of each hop-by-hop line, in order: a line whose
+    name is one of ``_HOP_NAMES``, from the line's start to past its CRLF."""
+    lower = b"\n" + lines.lower()  # lower[i + 1] is lines[i]; "\n" marks a line start
+    found: list[tuple[int, int, bytes, bytes]] = []
+    for marker in _HOP_MARKERS:
+        at = lower.find(marker)
+        while at >= 0:
+            begin = at + len(marker) - 1  # the value's first byte, in ``lines``
+            end = lines.find(b"\r\n", begin)
+            if end >= 0 and lines.find(b"\n", begin, end) < 0:
+                found.append((at, end + 2, marker[1:-1], lines[begin:end].strip(b" \t")))
+            at = lower.find(marker, begin + 1)
+    if len(found) > 1:
+        found.sort()
+    return found
 
 
 def _tokens(value: bytes) -> frozenset[bytes]:
@@ -606,17 +652,15 @@ class UpstreamPool:
         url = self.url
         try:
             if url.unix_path is not None:
-                opening = hub.loop.create_unix_connection(
-                    lambda: UpstreamConnection(self), url.unix_path
-                )
+                opening = hub.loop.create_unix_connection(self._new_connection, url.unix_path)
             else:
                 opening = hub.loop.create_connection(
-                    lambda: UpstreamConnection(self),
+                    self._new_connection,
                     url.host,
                     url.port,
                     ssl=hub.tls if url.is_tls else None,
                 )
-            _, protocol = await asyncio.wait_for(opening, hub.settings.connect_timeout)
+            _, opened = await asyncio.wait_for(opening, hub.settings.connect_timeout)
         except TimeoutError as exc:
             self.mark_down()
             raise UpstreamTimeout(
@@ -628,8 +672,13 @@ class UpstreamPool:
             raise _ConnectRefused(
                 UpstreamFailure(f"upstream {url.url} is unreachable: {exc.strerror or exc}")
             ) from exc
+        protocol = cast(UpstreamConnection, opened)
         self.connections.add(protocol)
         return protocol
+
+    def _new_connection(self) -> asyncio.Protocol:
+        # The cast is for the type checker: the loop needs the methods, not the base class.
+        return cast(asyncio.Protocol, UpstreamConnection(self))
 
     def mark_down(self) -> None:
         self.down_until = self.hub.now + self.hub.settings.fail_timeout
@@ -689,11 +738,13 @@ class UpstreamForwarder:
     ) -> Coroutine[Any, Any, None] | None:
         pool = self._pick()
         request = self._request_head(head, pool.url)
-        if head.body_length == 0:
-            connection = pool.take_idle()
-            if connection is not None:
-                connection.send_and_forget(request, response, head, (self, head, body))
-                return None
+        connection = pool.take_idle()
+        if connection is not None:
+            # The callback path: no task. A body is piped straight from the client's reads.
+            connection.send_and_forget(request, response, head, (self, head, body))
+            if head.body_length != 0:
+                connection.pipe_body(body, chunked=head.body_length < 0)
+            return None
         return self._forward(pool, request, head, body, response)
 
     def retry(
@@ -702,7 +753,7 @@ class UpstreamForwarder:
         """A pooled connection died before answering a callback-path request: retry it once
         on a fresh connection (only body-less requests take the callback path) when the
         method is idempotent; anything else gets the 502, never a silent duplicate."""
-        if head.method in _IDEMPOTENT:
+        if head.method in _IDEMPOTENT and head.body_length == 0:
             self._hub.spawn(self._forward(self._pick(), None, head, body, response, retried=True))
         else:
             self._hub.count(error.code)
@@ -751,11 +802,7 @@ class UpstreamForwarder:
             payload = request if request is not None else self._request_head(head, pool.url)
             done = connection.send(payload, response, head)
             if head.body_length != 0:
-                try:
-                    await self._stream_body(connection, head, body)
-                except BaseException:
-                    connection.cancel()  # a half-sent body: this connection is done for
-                    raise
+                connection.pipe_body(body, chunked=head.body_length < 0)
             try:
                 await done
                 return
@@ -766,20 +813,6 @@ class UpstreamForwarder:
                 request = None
                 if response.is_disconnected:
                     return
-
-    async def _stream_body(
-        self, connection: UpstreamConnection, head: RequestHead, body: BodyStream
-    ) -> None:
-        """Copy the request body upstream with back-pressure; chunked stays chunked."""
-        chunked = head.body_length < 0
-        while not connection.is_finished:
-            chunk = await body.read()
-            if not chunk:
-                break
-            connection.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-            await connection.drain()
-        if chunked and not connection.is_finished:
-            connection.write_body(b"0\r\n\r\n")
 
     def _pick(self, avoid: UpstreamPool | None = None) -> UpstreamPool:
         pools = self._pools

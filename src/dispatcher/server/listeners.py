@@ -20,9 +20,9 @@ from typing import Final
 
 from dispatcher.server.protocol import (
     ExchangeObserver,
-    HttpProtocol,
     RequestHandler,
     ServerState,
+    protocol_factory,
 )
 from dispatcher.settings import Limits
 
@@ -72,7 +72,7 @@ class Listener:
         state.observer = self._observer
         self._state = state
         self._server = await loop.create_server(
-            lambda: HttpProtocol(state),
+            protocol_factory(state),
             host,
             port,
             backlog=BACKLOG,
@@ -106,7 +106,7 @@ class Listener:
                     connection.setblocking(False)
                     adopted.append(
                         asyncio.ensure_future(
-                            loop.connect_accepted_socket(lambda: HttpProtocol(state), connection)
+                            loop.connect_accepted_socket(protocol_factory(state), connection)
                         )
                     )
         return adopted

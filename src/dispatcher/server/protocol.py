@@ -24,7 +24,7 @@ import os
 import re
 import select
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from http import HTTPStatus
 from time import perf_counter
@@ -48,6 +48,7 @@ from dispatcher.errors import (
     VersionNotSupported,
 )
 from dispatcher.http import (
+    BodySink,
     ClientDisconnected,
     Producer,
     RequestHead,
@@ -214,6 +215,7 @@ class RequestBody:
         "_waiter",
         "_is_discarding",
         "_is_answered",
+        "_sink",
     )
 
     def __init__(self, protocol: HttpProtocol, limit: int) -> None:
@@ -228,6 +230,7 @@ class RequestBody:
         self._waiter: asyncio.Future[None] | None = None
         self._is_discarding = False
         self._is_answered = False
+        self._sink: BodySink | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -281,11 +284,37 @@ class RequestBody:
             finally:
                 self._waiter = None
 
+    def pipe(self, sink: BodySink) -> None:
+        self._sink = sink
+        chunks = self._chunks
+        while chunks:
+            sink.write_body(chunks.popleft())
+        self._buffered = 0
+        self._protocol.release_body_pressure()
+        if self._error is not None:
+            sink.abort_body()
+        elif self._is_complete:
+            sink.end_body()
+        else:
+            exchange = self._exchange
+            if exchange is not None:
+                exchange.send_continue()  # the body now has somewhere to go
+
+    def hold(self) -> None:
+        self._protocol.apply_body_pressure()
+
+    def release(self) -> None:
+        self._protocol.release_body_pressure()
+
     def feed(self, chunk: bytes) -> None:
         self._received += len(chunk)
         if self._limit and self._received > self._limit:
             raise PayloadTooLarge(f"request body is larger than {self._limit} bytes")
         if self._is_discarding:
+            return
+        sink = self._sink
+        if sink is not None:
+            sink.write_body(chunk)
             return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
@@ -295,16 +324,23 @@ class RequestBody:
 
     def finish(self) -> None:
         self._is_complete = True
+        sink = self._sink
+        if sink is not None and not self._is_discarding:
+            sink.end_body()
         self._wake()
 
     def fail(self, error: BaseException) -> None:
         if self._error is None and not self._is_complete:
             self._error = error
+            sink = self._sink
+            if sink is not None and not self._is_discarding:
+                sink.abort_body()
         self._wake()
 
     def discard(self) -> None:
         """Drop what remains: the response is done and the body only has to be drained."""
         self._is_discarding = True
+        self._sink = None
         self._chunks.clear()
         self._buffered = 0
         self._protocol.release_body_pressure()  # else the drain never gets its bytes
@@ -646,8 +682,13 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d \r\n" % status
 
 
-class HttpProtocol(asyncio.Protocol):
-    """One client connection: parse with httptools, frame, route through the handler, write."""
+class HttpProtocol:
+    """One client connection: parse with httptools, frame, route through the handler, write.
+
+    An ``asyncio.Protocol`` by its methods, not by inheritance: compiled by mypyc, a class
+    with no interpreted base keeps its attributes in a C struct (the event loop only calls
+    the methods).
+    """
 
     __slots__ = (
         "state",
@@ -1380,6 +1421,12 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = self._lingering = None
         if transport is not None:
             transport.abort()
+
+
+def protocol_factory(state: ServerState) -> Callable[[], asyncio.Protocol]:
+    """What the event loop calls for each accepted connection."""
+    # The cast is for the type checker: the loop needs the methods, not the base class.
+    return lambda: cast(asyncio.Protocol, HttpProtocol(state))
 
 
 class _ClientSide:
