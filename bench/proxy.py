@@ -26,6 +26,8 @@ The device under test (DUT) is pinned to core 0:
   the DUT's core, so its CPU is not the DUT's) GETs ``/metrics`` on its admin port every
   0.25 s during each of its wrk runs (Prometheus's default is 15 s: a stress test); every
   scrape must answer 200 with the request counter.
+* ``dispatcher-interpreted``: the plain dispatcher with ``DISPATCHER_PURE_PYTHON=1``: its
+  request path runs from source instead of the mypyc-compiled build (what compiling buys).
 
 ``--only NAMES`` (comma-separated) limits the rounds to some configurations, e.g.
 ``direct,nginx,dispatcher,dispatcher-access-log,dispatcher-scraped``.
@@ -82,7 +84,7 @@ except ModuleNotFoundError:  # run as a script: bench/ is on sys.path, the repos
     from bench.inproc import POST_SIZE, SCENARIOS, WARMUP
     from bench.peers.routing import UPSTREAMS_VARIABLE, PeerRoutes
 
-from dispatcher._compiled import describe_build
+from dispatcher._compiled import PURE_PYTHON_VARIABLE, describe_build
 from dispatcher.routing import SEED_SERVICES
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
@@ -100,7 +102,8 @@ NGINX, AIOHTTP, HTTPX, SUBJECT, DIRECT = (
     "direct",
 )
 ACCESS_LOGGED, SCRAPED = "dispatcher-access-log", "dispatcher-scraped"
-DISPATCHERS: Final = (SUBJECT, ACCESS_LOGGED, SCRAPED)
+INTERPRETED = "dispatcher-interpreted"
+DISPATCHERS: Final = (SUBJECT, ACCESS_LOGGED, SCRAPED, INTERPRETED)
 LABELS: Final = {
     DIRECT: "direct: upstream nginx `return 200` on core 0 (no proxy)",
     NGINX: "nginx proxy_pass, keepalive 64",
@@ -110,6 +113,7 @@ LABELS: Final = {
     SUBJECT: "dispatcher, upstream workers",
     ACCESS_LOGGED: "dispatcher, access log on (--log-level info, JSON lines to a file)",
     SCRAPED: "dispatcher, /metrics scraped every 0.25 s",
+    INTERPRETED: "dispatcher, interpreted (DISPATCHER_PURE_PYTHON=1: source, not compiled)",
 }
 UVICORN_FLAGS: Final = "--loop uvloop --http httptools --no-access-log --log-level warning"
 VERSIONED: Final = (
@@ -292,6 +296,12 @@ def contenders(bin_dir: Path, layout: Layout) -> list[Contender]:
             listen[SCRAPED],
             env,
             scrape_port=listen[admin_key(SCRAPED)],
+        ),
+        Contender(
+            INTERPRETED,
+            dispatcher(INTERPRETED, access_log=False),
+            listen[INTERPRETED],
+            {**env, PURE_PYTHON_VARIABLE: "1"},
         ),
     ]
 
@@ -903,6 +913,22 @@ def access_log_cost(rows: Sequence[Row]) -> str:
     return "Access log cost (on ÷ off, paired per round): " + "; ".join(parts) + "."
 
 
+def compiled_gain(rows: Sequence[Row]) -> str:
+    """What compiling the request path buys: the compiled dispatcher ÷ the interpreted one."""
+    parts = []
+    for scenario in (s.name for s in SCENARIOS):
+        cpu = paired_ratios(rows, scenario, SUBJECT, INTERPRETED, _cpu)
+        if cpu:
+            rps = _median_ratio(rows, scenario, SUBJECT, INTERPRETED, _rps)
+            parts.append(
+                f"{scenario} CPU µs/req ×{statistics.median(cpu):.2f} "
+                f"({min(cpu):.2f}–{max(cpu):.2f}), rps ×{rps:.2f}"
+            )
+    if not parts:
+        return f"Compiled ÷ interpreted: not measured (run `{SUBJECT}` and `{INTERPRETED}`)."
+    return "Compiled ÷ interpreted request path (paired per round): " + "; ".join(parts) + "."
+
+
 def _percent(ratio: float) -> str:
     return f"{(ratio - 1) * 100:+.1f} %"
 
@@ -938,6 +964,7 @@ def report(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     found = verdicts(rows)
     lines = [f"Verdict: {_overall(found)}", *(f"* {v.line()}" for v in found)]
     lines.append(f"* {ACCESS_LOG_NOTE}")
+    lines.append(f"* {compiled_gain(rows)}")
     parts += ["\n".join(lines), issue5_section(rows, notes)]
     return "\n\n".join(parts)
 
