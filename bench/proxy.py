@@ -993,7 +993,7 @@ def versions() -> str:
 # --- profile ------------------------------------------------------------------------------------
 
 
-PROFILE_SCENARIO: Final = SCENARIOS[0]  # GET -c32
+PROFILE_SCENARIOS: Final = {s.name: s for s in SCENARIOS}
 PYTHON_CONFIGS: Final = frozenset({AIOHTTP, HTTPX, SUBJECT})
 SYSCALLS: Final = (
     "read",
@@ -1047,20 +1047,29 @@ class CpuSplit:
 
 
 def profile(server: m.ServerProcess, out: Path, args: argparse.Namespace) -> str:
-    """Where ``server``'s CPU goes under GET -c32: py-spy (Python peers), then perf if present."""
+    """Where ``server``'s CPU goes under one load (``--profile-scenario``, GET -c32 by
+    default): py-spy (Python peers), then perf if present."""
+    scenario = PROFILE_SCENARIOS[args.profile_scenario]
     sections = []
     if server.name in PYTHON_CONFIGS:
-        sections.append(py_spy_section(server, out, args.profile_seconds, args.native, args.rate))
+        sections.append(
+            py_spy_section(server, scenario, out, args.profile_seconds, args.native, args.rate)
+        )
     if shutil.which("perf") is None:
         sections.append("perf not found: no system call counts, no kernel/user split.")
     else:
-        sections.append(syscall_section(server, args.profile_seconds))
-        sections.append(perf_section(server, args.profile_seconds, args.perf_data))
+        sections.append(syscall_section(server, scenario, args.profile_seconds))
+        sections.append(perf_section(server, scenario, args.profile_seconds, args.perf_data))
     return "\n\n".join(sections)
 
 
 def py_spy_section(
-    server: m.ServerProcess, out: Path, seconds: float, native: bool, rate: int
+    server: m.ServerProcess,
+    scenario: m.Scenario,
+    out: Path,
+    seconds: float,
+    native: bool,
+    rate: int,
 ) -> str:
     """Record ``server`` with py-spy (raw collapsed stacks in ``out``) under the load."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -1068,7 +1077,7 @@ def py_spy_section(
     # py-spy refuses --native with --nonblocking: native stacks need the process paused.
     record += ["-f", "raw", "-o", str(out), "--native" if native else "--nonblocking"]
     load = subprocess.Popen(
-        m.wrk_command(server.port, PROFILE_SCENARIO, seconds + 4),
+        m.wrk_command(server.port, scenario, seconds + 4),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -1090,7 +1099,8 @@ def py_spy_section(
     stacks = read_collapsed(out)
     total = sum(stacks.values())
     lines = [
-        f"py-spy, wrk GET -c32: {result.rps:,.0f} rps, p99 {result.p99_ms:.2f} ms; CPU over "
+        f"py-spy, wrk {_load_label(scenario)}: {result.rps:,.0f} rps, "
+        f"p99 {result.p99_ms:.2f} ms; CPU over "
         f"{elapsed:.1f} s: user {split.user_s:.2f} s + system {split.system_s:.2f} s = "
         f"{(split.user_s + split.system_s) * 1e6 / requests:.1f} µs/req "
         f"({split.user_s * 1e6 / requests:.1f} user + {split.system_s * 1e6 / requests:.1f} "
@@ -1141,10 +1151,12 @@ def _share(part: float, total: float) -> str:
     return f"{100 * part / max(1.0, total):.1f}%"
 
 
-def _perf_under_load(server: m.ServerProcess, perf: list[str], seconds: float) -> tuple[str, int]:
+def _perf_under_load(
+    server: m.ServerProcess, scenario: m.Scenario, perf: list[str], seconds: float
+) -> tuple[str, int]:
     """Run ``perf ... -p <server> -- wrk``: perf's stderr and the requests wrk completed."""
     pids = ",".join(str(pid) for pid in server.pids())
-    command = [*perf, "-p", pids, "--", *m.wrk_command(server.port, PROFILE_SCENARIO, seconds)]
+    command = [*perf, "-p", pids, "--", *m.wrk_command(server.port, scenario, seconds)]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=seconds + 60, check=False
     )
@@ -1153,10 +1165,16 @@ def _perf_under_load(server: m.ServerProcess, perf: list[str], seconds: float) -
     return done.stderr, m.parse_wrk(done.stdout).requests
 
 
-def syscall_section(server: m.ServerProcess, seconds: float) -> str:
+def _load_label(scenario: m.Scenario) -> str:
+    method = "POST 64 KiB" if scenario.script is not None else "GET"
+    return f"{method} -c{scenario.connections}"
+
+
+def syscall_section(server: m.ServerProcess, scenario: m.Scenario, seconds: float) -> str:
     """System calls per request, counted by perf on the kernel's syscall tracepoints."""
     events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
-    report, requests = _perf_under_load(server, ["perf", "stat", "-x", ",", "-e", events], seconds)
+    perf = ["perf", "stat", "-x", ",", "-e", events]
+    report, requests = _perf_under_load(server, scenario, perf, seconds)
     counts = []
     for line in report.splitlines():
         fields = line.split(",")
@@ -1164,15 +1182,18 @@ def syscall_section(server: m.ServerProcess, seconds: float) -> str:
             counts.append(
                 f"{fields[2].removeprefix('syscalls:sys_enter_')} {int(fields[0]) / requests:.2f}"
             )
-    return f"system calls per request ({server.name}, GET -c32): " + ", ".join(counts)
+    label = f"({server.name}, {_load_label(scenario)})"
+    return f"system calls per request {label}: " + ", ".join(counts)
 
 
-def perf_section(server: m.ServerProcess, seconds: float, keep: Path | None = None) -> str:
+def perf_section(
+    server: m.ServerProcess, scenario: m.Scenario, seconds: float, keep: Path | None = None
+) -> str:
     """CPU µs per request by binary, by kernel path and by symbol, from ``perf record``."""
     with tempfile.TemporaryDirectory(prefix="bench-proxy-perf-") as scratch:
         data = Path(scratch) / "perf.data"
         record = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(data)]
-        _, requests = _perf_under_load(server, record, seconds)
+        _, requests = _perf_under_load(server, scenario, record, seconds)
         by_dso, total_ns = _perf_report(data, ["--no-children", "--sort", "dso"])
         by_path, _ = _perf_report(data, ["--children", "--sort", "sym"])
         by_symbol, _ = _perf_report(data, ["--no-children", "--sort", "dso,sym"])
@@ -1182,7 +1203,8 @@ def perf_section(server: m.ServerProcess, seconds: float, keep: Path | None = No
     def cost(percent: float) -> str:
         return f"{percent * total_ns / 1e5 / requests:6.2f} µs/req {percent:5.1f}%"
 
-    lines = [f"perf record ({server.name}, GET -c32): {total_ns / 1e3 / requests:.1f} µs/req"]
+    label = f"({server.name}, {_load_label(scenario)})"
+    lines = [f"perf record {label}: {total_ns / 1e3 / requests:.1f} µs/req"]
     lines += ["by binary:", *(f"  {cost(p)}  {name}" for name, p in by_dso[:8])]
     paths = {re.sub(r"^\[[.k]\] ", "", name): percent for name, percent in by_path}
     lines += ["kernel paths (inclusive):"]
@@ -1242,6 +1264,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="configuration to profile (default: dispatcher)",
     )
     parser.add_argument("--profile-seconds", type=float, default=8.0, help="seconds sampled")
+    parser.add_argument(
+        "--profile-scenario",
+        choices=sorted(PROFILE_SCENARIOS),
+        default=SCENARIOS[0].name,
+        help=f"the load to profile under (default {SCENARIOS[0].name})",
+    )
     parser.add_argument(
         "--perf-data",
         type=Path,

@@ -177,3 +177,15 @@ async def test_a_body_over_the_limit_is_413_and_the_connection_is_not_reused(
     warm_up, cut, last = up.requests
     assert not cut.is_complete
     assert last.connection != warm_up.connection and last.target == b"/after"
+
+
+async def test_the_head_goes_upstream_before_any_body_byte(tmp_path: Path) -> None:
+    # The head is held back to share a write with the first body bytes, but never waits
+    # for them: an upstream that answers on the head alone must see it.
+    async with early_answer_upstream() as up, serve(tmp_path, {"db": up.url}) as gateway:
+        await warm(gateway, up)
+        client = await gateway.connect()
+        client.send(request_bytes("POST", "/upload", body=b"x" * MIB)[:-MIB])  # head only
+        early = await client.response(timeout=5.0)
+    assert early.status == 200 and early.body == b"early"
+    assert up.heads[0] == [b"GET /warm HTTP/1.1", b"POST /upload HTTP/1.1"]

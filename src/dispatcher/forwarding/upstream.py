@@ -95,6 +95,7 @@ _PROXY_OWNED: Final = frozenset(
 )
 _NOTHING: Final[frozenset[bytes]] = frozenset()
 _SWITCH_HEADERS: Final = b"connection: upgrade\r\nupgrade: websocket\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
 # A hop-by-hop line of the lower-cased head: "\n" then the name (the search jumps from one
 # line start to the next), its value without surrounding white space, up to the CR of its
 # CRLF (the LF stays for the next line's match).
@@ -158,6 +159,7 @@ class UpstreamConnection:
         "_is_poisoned",
         "_body",
         "_is_body_chunked",
+        "_pending_head",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -188,6 +190,7 @@ class UpstreamConnection:
         # A request body being piped from the client (callback path); None once all sent.
         self._body: BodyStream | None = None
         self._is_body_chunked = False
+        self._pending_head: bytes | None = None  # a request head held for its first body bytes
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -391,10 +394,16 @@ class UpstreamConnection:
         self._waiting_head = True
         self._body = None
         self._is_body_chunked = False
+        self._pending_head = None
         self._deadline = hub.now + hub.settings.response_header_timeout
         exchange.producer = self
         assert self.transport is not None
-        self.transport.write(request)
+        if head.body_length != 0:
+            # Sent with the first body bytes, in one write: a small body usually arrives in
+            # the same read as the head (pipe_body makes sure the head never waits for it).
+            self._pending_head = request
+        else:
+            self.transport.write(request)
         exchange.handed_off = perf_counter()
 
     def pipe_body(self, body: BodyStream, *, chunked: bool) -> None:
@@ -402,18 +411,37 @@ class UpstreamConnection:
         self._body = body
         self._is_body_chunked = chunked
         body.pipe(self)
+        if self._pending_head is not None:
+            # No body byte yet: the head goes at the end of this turn of the loop (the
+            # client's body may be on its way, or may wait for the upstream's answer).
+            self.pool.hub.loop.call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        head, self._pending_head = self._pending_head, None
+        if head is not None and self.transport is not None:
+            self.transport.write(head)
 
     # BodySink, for a piped request body.
     def write_body(self, data: bytes) -> None:
-        if self.transport is not None:
-            if self._is_body_chunked:
-                data = b"%x\r\n%b\r\n" % (len(data), data)
-            self.transport.write(data)
+        transport = self.transport
+        if transport is None:
+            return
+        head, self._pending_head = self._pending_head, None
+        # writelines is one writev: the head, the chunk framing and the chunk are not copied
+        # into one buffer first.
+        if self._is_body_chunked:
+            size = b"%x\r\n" % len(data)
+            transport.writelines((head, size, data, b"\r\n") if head else (size, data, b"\r\n"))
+        elif head is not None:
+            transport.writelines((head, data))
+        else:
+            transport.write(data)
 
     def end_body(self) -> None:
         self._body = None
         if self._is_body_chunked and self.transport is not None and not self._finished:
-            self.transport.write(b"0\r\n\r\n")
+            head, self._pending_head = self._pending_head, None
+            self.transport.write(head + _LAST_CHUNK if head else _LAST_CHUNK)
 
     def abort_body(self) -> None:
         if self._body is not None:
