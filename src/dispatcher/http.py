@@ -169,9 +169,17 @@ class ResponseWriter(Protocol):
         """Commit status and headers; ``content_length`` frames the body when known."""
         ...
 
-    def start_head(self, status: int, header_block: bytes, *, content_length: int | None) -> None:
+    def start_head(
+        self,
+        status: int,
+        header_block: bytes,
+        *,
+        content_length: int | None,
+        has_request_id: bool,
+    ) -> None:
         """Commit a proxied head: ``header_block`` is already-serialized end-to-end lines
-        (``name: value\\r\\n`` each), hop-by-hop removed; the framing is added here."""
+        (``name: value\\r\\n`` each), hop-by-hop removed; the framing is added here, and the
+        request id unless the block has an ``X-Request-Id`` of its own."""
         ...
 
     def start_tunnel(self, header_block: bytes, peer: TunnelPeer) -> TunnelPeer:

@@ -19,6 +19,9 @@ from dispatcher.forwarding.upstream import _PROXY_OWNED, _response_block, _token
 
 from .conftest import fuzz_settings
 
+# A kept line that is an X-Request-Id: at a line start, up to a CRLF (no LF inside; llhttp
+# refuses a bare CR or LF in a value, the generator makes them to test the edges).
+_REQUEST_ID: Final = re.compile(rb"(?:^|\n)x-request-id:[^\n]*\r\n", re.IGNORECASE)
 _REFERENCE: Final = re.compile(
     rb"^(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
     rb"|content-length):[ \t]*(.*?)[ \t]*\r\n",
@@ -58,7 +61,7 @@ def reference_block(lines: bytes) -> tuple[bytes, int | None, bool, bool]:
 NAMES: Final = st.sampled_from(
     [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"]
     + [b"transfer-encoding", b"x-te", b"tee", b"contents", b"server", b"set-cookie", b"x-a"]
-    + [b"connectionx", b"date", b"content-type", b"etag"]
+    + [b"connectionx", b"date", b"content-type", b"etag", b"x-request-id", b"x-request-idx"]
 ).flatmap(
     lambda name: st.lists(st.booleans(), min_size=len(name), max_size=len(name)).map(
         lambda upper: bytes(
@@ -90,7 +93,9 @@ def heads(draw: st.DrawFn) -> bytes:
 @fuzz_settings(1500)
 @given(heads())
 def test_the_filter_agrees_with_the_reference_regex(lines: bytes) -> None:
-    assert _response_block(lines) == reference_block(lines)
+    found = _response_block(b"\n" + lines)
+    assert tuple(found[:4]) == reference_block(lines)
+    assert found.has_request_id == (_REQUEST_ID.search(found.block) is not None)
 
 
 def test_a_typical_head_loses_its_hop_by_hop_lines() -> None:
@@ -98,9 +103,10 @@ def test_a_typical_head_loses_its_hop_by_hop_lines() -> None:
         b"Server: nginx\r\nContent-Type: application/json\r\nContent-Length: 17\r\n"
         b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\n"
     )
-    assert _response_block(lines) == (
+    assert _response_block(b"\n" + lines) == (
         b"Server: nginx\r\nContent-Type: application/json\r\nSet-Cookie: a=1\r\n",
         17,
+        False,
         False,
         False,
     )
@@ -108,4 +114,9 @@ def test_a_typical_head_loses_its_hop_by_hop_lines() -> None:
 
 def test_connection_close_and_the_headers_it_names_are_removed() -> None:
     lines = b"X-Secret: 1\r\nconnection: close, X-Secret\r\nTransfer-Encoding: chunked\r\nA: b\r\n"
-    assert _response_block(lines) == (b"A: b\r\n", None, True, True)
+    assert _response_block(b"\n" + lines) == (b"A: b\r\n", None, True, True, False)
+
+
+def test_an_x_request_id_line_is_found_and_kept() -> None:
+    lines = b"\nContent-Length: 2\r\nX-Request-ID: abc\r\nConnection: keep-alive\r\n"
+    assert _response_block(lines) == (b"X-Request-ID: abc\r\n", 2, False, False, True)

@@ -31,7 +31,7 @@ import struct
 from collections import Counter, deque
 from collections.abc import Coroutine
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, cast
 
 import httptools
 
@@ -96,12 +96,13 @@ _PROXY_OWNED: Final = frozenset(
 _NOTHING: Final[frozenset[bytes]] = frozenset()
 _SWITCH_HEADERS: Final = b"connection: upgrade\r\nupgrade: websocket\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
-# A hop-by-hop line of the lower-cased head: "\n" then the name (the search jumps from one
-# line start to the next), its value without surrounding white space, up to the CR of its
-# CRLF (the LF stays for the next line's match).
+# A hop-by-hop line of the lower-cased head (or an X-Request-Id line, which is kept): the LF
+# before it (the search jumps from one line start to the next), its name, its value, and its
+# CR (its LF starts the next line).
+# Greedy and without white-space classes: sre's lazy and optional parts cost 1 µs a head.
 _HOP_LINE: Final = re.compile(
-    rb"\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
-    rb"|content-length):[ \t]*([^\n]*?)[ \t]*\r(?=\n)"
+    rb"(\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+    rb"|content-length|x-request-id):([^\n]*)\r)(?=\n)"
 )
 
 
@@ -292,10 +293,11 @@ class UpstreamConnection:
         raw = self._head
         status_end = raw.find(b"\r\n")
         head_end = raw.find(b"\r\n\r\n", status_end)
-        lines = raw[status_end + 2 : head_end + 2]
+        # The header lines, each ending in CRLF, after the LF that ends the status line.
+        lines = raw[status_end + 1 : head_end + 2]
         self._head = raw[head_end + 4 :]  # an interim 1xx may be followed by the real head
         if status == 101 and self._is_upgrade and exchange is not None:
-            self._switch_block = _response_block(lines)[0] + _SWITCH_HEADERS
+            self._switch_block = _response_block(lines).block + _SWITCH_HEADERS
             return  # the parser stops right after this head: _begin_tunnel takes over
         if status < 200 or exchange is None:
             return  # 1xx interim answers are not relayed (100 Continue is ours to send)
@@ -303,7 +305,7 @@ class UpstreamConnection:
         self._head = b""
         if lines.count(b"\r\n") > MAX_RESPONSE_HEADERS:
             raise _MalformedAnswer(f"more than {MAX_RESPONSE_HEADERS} response headers")
-        block, length, must_close, is_chunked = _response_block(lines)
+        block, length, must_close, is_chunked, has_request_id = _response_block(lines)
         if is_chunked and (status in (204, 304) or 100 <= status < 200):
             raise _MalformedAnswer(f"Transfer-Encoding on a {status} response")
         self._is_close_delimited = (
@@ -315,7 +317,7 @@ class UpstreamConnection:
             # A HEAD answer announces a body that never comes: the parser cannot be told,
             # so this connection is not reused.
             self._must_close = True
-        exchange.start_head(status, block, content_length=length)
+        exchange.start_head(status, block, content_length=length, has_request_id=has_request_id)
         self._is_started = True
         exchange.producer = self
         if self._is_head:
@@ -564,54 +566,65 @@ class _StaleConnection(Exception):
         self.error = error
 
 
-def _response_block(lines: bytes) -> tuple[bytes, int | None, bool, bool]:
-    """The end-to-end part of a response head's lines (each ending in CRLF), its content
-    length, whether the upstream asked to close and whether the body is chunked.
+class ResponseBlock(NamedTuple):
+    """What ``_response_block`` makes of a response head's header lines."""
 
-    Hop-by-hop lines (RFC 9110 §7.6.1) and the Content-Length line (the client side frames
-    the body itself) are removed. llhttp validated the lines; one regex pass over a
-    lower-cased copy finds them (a case-insensitive multi-line regex, which tries every
-    position, cost 4 µs a head)."""
-    found = _hop_lines(lines)
-    if not found:
-        return lines, None, False, False
+    block: bytes  # the end-to-end lines, each ending in CRLF
+    length: int | None  # the Content-Length, if any
+    must_close: bool  # the upstream said Connection: close
+    is_chunked: bool
+    has_request_id: bool  # an X-Request-Id line is among the lines kept
+
+
+def _response_block(lines: bytes) -> ResponseBlock:
+    """The end-to-end part of a response head's header lines, with what the proxy needs to
+    know of the lines it removed, and whether it kept an ``X-Request-Id``.
+
+    ``lines`` starts with the LF that ends the status line, and each line ends in CRLF; the
+    block returned has no leading LF. Hop-by-hop lines (RFC 9110 §7.6.1) and the
+    Content-Length line (the client side frames the body itself) are removed. llhttp
+    validated the lines: one ``split`` of a lower-cased copy by ``_HOP_LINE`` finds them
+    (no match object, no method call per line), and the original bytes are cut at the
+    same offsets. Removing the LF before a hop-by-hop line and its own CR leaves the CRLF
+    structure intact."""
+    parts = _HOP_LINE.split(lines.lower())
+    if len(parts) == 1:
+        return ResponseBlock(lines[1:], None, False, False, False)
     kept = []
     at = 0
     length: int | None = None
     connection: bytes | None = None
     is_chunked = False
-    for start, end, name, value in found:
-        kept.append(lines[at:start])
-        at = end
-        if name == b"content-length":
-            length = int(value)  # llhttp refused conflicting values already
+    has_request_id = False
+    for index in range(0, len(parts) - 1, 4):
+        # parts: kept text, then (whole line, name, value) per hop-by-hop line.
+        end = at + len(parts[index])
+        kept.append(lines[at:end])
+        at = end + len(parts[index + 1])
+        name = parts[index + 2]
+        if name == b"x-request-id":
+            has_request_id = True  # found by the same pass, and kept
+            kept.append(lines[end:at])
+        elif name == b"content-length":
+            length = int(parts[index + 3])  # llhttp refused conflicting values already
         elif name == b"connection":
+            value = parts[index + 3].strip(b" \t")
             connection = value if connection is None else connection + b"," + value
         elif name == b"transfer-encoding":
             is_chunked = True  # llhttp accepts no coding but a final "chunked"
     kept.append(lines[at:])
-    lines = b"".join(kept)
-    if connection is None or connection.lower() == b"keep-alive":
-        return lines, length, False, is_chunked
+    block = b"".join(kept)[1:]  # it starts with an LF: the leading one, or one left behind
+    if connection is None or connection == b"keep-alive":
+        return ResponseBlock(block, length, False, is_chunked, has_request_id)
     tokens = _tokens(connection)
     named = tokens - _PROXY_OWNED
     if named:
-        lines = b"".join(
+        block = b"".join(
             line + b"\r\n"
-            for line in lines.split(b"\r\n")
+            for line in block.split(b"\r\n")
             if line and line.partition(b":")[0].lower() not in named
         )
-    return lines, length, b"close" in tokens, is_chunked
-
-
-def _hop_lines(lines: bytes) -> list[tuple[int, int, bytes, bytes]]:
-    """(start, end, lower-case name, lower-case value) of each hop-by-hop line, in order,
-    from the line's start to past its CRLF (the values used are case-insensitive)."""
-    lower = b"\n" + lines.lower()  # lower[i + 1] is lines[i]; "\n" marks a line start
-    return [
-        (match.start(), match.end(), match.group(1), match.group(2))
-        for match in _HOP_LINE.finditer(lower)
-    ]
+    return ResponseBlock(block, length, b"close" in tokens, is_chunked, has_request_id)
 
 
 def _tokens(value: bytes) -> frozenset[bytes]:
