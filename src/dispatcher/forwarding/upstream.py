@@ -918,7 +918,7 @@ def _forwarded_target(head: RequestHead) -> bytes:
     if head.raw_path_is_canonical:
         return head.target
     path = head.path.encode("ascii")
-    return path + b"?" + head.query if b"?" in head.target else path
+    return path + b"?" + head.query if head.target.find(b"?") >= 0 else path
 
 
 class UpstreamHub:

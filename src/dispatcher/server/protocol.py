@@ -452,14 +452,14 @@ class Exchange:
                 continue
             if not name or name.translate(None, _TOKEN_CHARS):
                 raise ResponseHeaderError(f"invalid header name {name!r}")
-            if b"\r" in value or b"\n" in value or b"\x00" in value:
+            if value.find(b"\r") >= 0 or value.find(b"\n") >= 0 or value.find(b"\x00") >= 0:
                 raise ResponseHeaderError(f"header {name!r} has CR, LF or NUL in its value")
             lname = name.lower()
             if lname in _FRAMING:
                 if lname == b"content-length":
                     if length is None:
                         length = _declared_length(value)
-                elif lname == b"connection" and b"close" in value.lower():
+                elif lname == b"connection" and value.lower().find(b"close") >= 0:
                     self._must_close = True
                 continue
             line = name + b": " + value + b"\r\n"
@@ -958,7 +958,9 @@ class HttpProtocol:
             )
         if len(self._headers) >= limits.max_headers:
             raise HeadersTooLarge(f"more than {limits.max_headers} request headers")
-        if self._in_trailers or b"_" in name:
+        # bytes.find, not ``in``: ``x in b`` first tries x as an integer and builds the
+        # TypeError it catches (about 0.3 µs), on every header.
+        if self._in_trailers or name.find(b"_") >= 0:
             # Trailers are never merged into the head (aiohttp CVE-2025-53643 class), and a
             # name with '_' is dropped as nginx does: a CGI-style upstream would read
             # X_Forwarded_For as X-Forwarded-For.
@@ -1055,7 +1057,7 @@ class HttpProtocol:
         question = target.find(b"?")
         raw_path = (target if question < 0 else target[:question]).decode("latin-1")
         query = b"" if question < 0 else target[question + 1 :]
-        if b"#" in query:
+        if query.find(b"#") >= 0:  # not ``in``: see on_header
             raise BadRequest("a request target never carries a #fragment")
         path = normalize_path(raw_path)
         if self._is_chunked:
