@@ -323,8 +323,8 @@ class RequestBody:
 
     def finish(self) -> None:
         self._is_complete = True
-        sink = self._sink
-        if sink is not None and not self._is_discarding:
+        sink = self._sink  # None once discarded
+        if sink is not None:
             sink.end_body()
         self._wake()
 
@@ -332,7 +332,7 @@ class RequestBody:
         if self._error is None and not self._is_complete:
             self._error = error
             sink = self._sink
-            if sink is not None and not self._is_discarding:
+            if sink is not None:
                 sink.abort_body()
         self._wake()
 
