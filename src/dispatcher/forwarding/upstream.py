@@ -31,7 +31,7 @@ import struct
 from collections import Counter, deque
 from collections.abc import Coroutine
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import httptools
 
@@ -100,6 +100,7 @@ _LAST_CHUNK: Final = b"0\r\n\r\n"
 # before it (the search jumps from one line start to the next), its name, its value, and its
 # CR (its LF starts the next line).
 # Greedy and without white-space classes: sre's lazy and optional parts cost 1 µs a head.
+_TRUST_CACHE_SIZE: Final = 4096
 _HOP_LINE: Final = re.compile(
     rb"(\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
     rb"|content-length|x-request-id):([^\n]*)\r)(?=\n)"
@@ -297,7 +298,7 @@ class UpstreamConnection:
         lines = raw[status_end + 1 : head_end + 2]
         self._head = raw[head_end + 4 :]  # an interim 1xx may be followed by the real head
         if status == 101 and self._is_upgrade and exchange is not None:
-            self._switch_block = _response_block(lines).block + _SWITCH_HEADERS
+            self._switch_block = _response_block(lines)[0] + _SWITCH_HEADERS
             return  # the parser stops right after this head: _begin_tunnel takes over
         if status < 200 or exchange is None:
             return  # 1xx interim answers are not relayed (100 Continue is ours to send)
@@ -566,14 +567,12 @@ class _StaleConnection(Exception):
         self.error = error
 
 
-class ResponseBlock(NamedTuple):
-    """What ``_response_block`` makes of a response head's header lines."""
-
-    block: bytes  # the end-to-end lines, each ending in CRLF
-    length: int | None  # the Content-Length, if any
-    must_close: bool  # the upstream said Connection: close
-    is_chunked: bool
-    has_request_id: bool  # an X-Request-Id line is among the lines kept
+ResponseBlock = tuple[bytes, int | None, bool, bool, bool]
+"""What ``_response_block`` makes of a response head's header lines: the end-to-end lines
+(each ending in CRLF), the Content-Length if any, whether the upstream said ``Connection:
+close``, whether the body is chunked, and whether an ``X-Request-Id`` line was kept. A plain
+tuple, not a ``NamedTuple``: compiled, it is a C struct, where a ``NamedTuple``'s
+``__new__`` is interpreted."""
 
 
 def _response_block(lines: bytes) -> ResponseBlock:
@@ -589,7 +588,7 @@ def _response_block(lines: bytes) -> ResponseBlock:
     structure intact."""
     parts = _HOP_LINE.split(lines.lower())
     if len(parts) == 1:
-        return ResponseBlock(lines[1:], None, False, False, False)
+        return lines[1:], None, False, False, False
     kept = []
     at = 0
     length: int | None = None
@@ -615,7 +614,7 @@ def _response_block(lines: bytes) -> ResponseBlock:
     kept.append(lines[at:])
     block = b"".join(kept)[1:]  # it starts with an LF: the leading one, or one left behind
     if connection is None or connection == b"keep-alive":
-        return ResponseBlock(block, length, False, is_chunked, has_request_id)
+        return block, length, False, is_chunked, has_request_id
     tokens = _tokens(connection)
     named = tokens - _PROXY_OWNED
     if named:
@@ -624,7 +623,7 @@ def _response_block(lines: bytes) -> ResponseBlock:
             for line in block.split(b"\r\n")
             if line and line.partition(b":")[0].lower() not in named
         )
-    return ResponseBlock(block, length, b"close" in tokens, is_chunked, has_request_id)
+    return block, length, b"close" in tokens, is_chunked, has_request_id
 
 
 def _tokens(value: bytes) -> frozenset[bytes]:
@@ -863,7 +862,7 @@ class UpstreamForwarder:
         """The request head as the upstream sees it, rewritten in one pass."""
         settings = self._hub.settings
         client_ip = head.client[0] if head.client is not None else ""
-        keeps_forwarded = not settings.forwarded_headers or settings.is_trusted(client_ip)
+        keeps_forwarded = self._hub.keeps_forwarded(client_ip)
         named = _tokens(head.connection) - _PROXY_OWNED if head.connection else _NOTHING
         lines = [head.method.encode("ascii"), b" ", _forwarded_target(head), b" HTTP/1.1\r\n"]
         forwarded_for: bytes | None = None
@@ -935,6 +934,7 @@ class UpstreamHub:
         "_forwarders",
         "_sweeper",
         "_tasks",
+        "_trust",
     )
 
     def __init__(self, settings: ProxySettings) -> None:
@@ -948,6 +948,25 @@ class UpstreamHub:
         self._forwarders: dict[UpstreamTarget, UpstreamForwarder] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Client address -> whether it is a trusted proxy: parsing the address and testing
+        # the networks costs more than building the rest of the head. Bounded.
+        self._trust: dict[str, bool] = {}
+
+    def keeps_forwarded(self, client_ip: str) -> bool:
+        """Whether a client's own ``X-Forwarded-*`` are kept (and appended to): always when
+        the dispatcher adds none, else only from a trusted proxy."""
+        settings = self.settings
+        if not settings.forwarded_headers:
+            return True
+        if not settings.trusted_proxies:
+            return False
+        trust = self._trust
+        trusted = trust.get(client_ip)
+        if trusted is None:
+            if len(trust) >= _TRUST_CACHE_SIZE:
+                trust.clear()
+            trusted = trust[client_ip] = settings.is_trusted(client_ip)
+        return trusted
 
     async def __aenter__(self) -> UpstreamHub:
         self._sweeper = self.loop.create_task(self._sweep())
