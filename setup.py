@@ -16,6 +16,7 @@ from setuptools import setup
 # Keep in step with dispatcher._compiled.COMPILED_MODULES (a test checks it).
 COMPILED_SOURCES = [
     "src/dispatcher/server/protocol.py",
+    "src/dispatcher/server/writes.py",
     "src/dispatcher/forwarding/upstream.py",
     "src/dispatcher/dispatch.py",
     "src/dispatcher/http.py",

@@ -23,6 +23,7 @@ PURE_PYTHON_VARIABLE: Final = "DISPATCHER_PURE_PYTHON"
 # Keep in step with COMPILED_SOURCES in setup.py (a test checks it).
 COMPILED_MODULES: Final = (
     "dispatcher.server.protocol",
+    "dispatcher.server.writes",
     "dispatcher.forwarding.upstream",
     "dispatcher.dispatch",
     "dispatcher.http",

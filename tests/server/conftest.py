@@ -267,6 +267,7 @@ class App:
         self.received: list[str] = []
         self.disconnected = asyncio.Event()
         self.started = asyncio.Event()
+        self.flooded = 0  # body bytes do_flood has handed to send()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -338,6 +339,15 @@ class App:
         for index in range(int(rest)):
             body = b"chunk-%d\n" % index
             await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def do_flood(self, rest: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """``rest`` MiB in 64 KiB chunks, as fast as ``send`` takes them (no other await)."""
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        block = b"f" * (64 * 1024)
+        for _ in range(int(rest) * 16):
+            await send({"type": "http.response.body", "body": block, "more_body": True})
+            self.flooded += len(block)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def do_no_read(self, rest: str, scope: Scope, receive: Receive, send: Send) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.client
+import socket
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -241,6 +242,20 @@ async def test_flow_control_holds_the_client_back(tmp_path: Path) -> None:
     assert held_by_client > 4 * MIB
     assert (answer["length"], answer["sha256"]) == (len(body), digest(body))
     assert answer["chunks"] > 8
+
+
+async def test_an_app_that_never_yields_meets_the_clients_flow_control(server: Server) -> None:
+    """Writes wait for the end of the loop's turn (server/writes.py), and an app whose sends
+    never suspend would not let the loop turn: past 64 KiB waiting they are handed to the
+    transport at once, whose flow control then holds the app back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(request_bytes("GET", "/flood/64"))
+    await asyncio.sleep(1.0)  # we never read
+    flooded = server.app.flooded
+    writer.transport.abort()
+    assert 0 < flooded < 16 * MIB, flooded
+    await server.assert_serves()
 
 
 @pytest.mark.slow

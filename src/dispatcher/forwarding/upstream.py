@@ -45,6 +45,7 @@ from dispatcher.http import (
     TunnelPeer,
 )
 from dispatcher.server.protocol import Exchange
+from dispatcher.server.writes import WriteBatch
 from dispatcher.settings import ProxySettings
 from dispatcher.workers import UpstreamTarget, UpstreamURL
 
@@ -406,7 +407,10 @@ class UpstreamConnection:
             # the same read as the head (pipe_body makes sure the head never waits for it).
             self._pending_head = request
         else:
-            self.transport.write(request)
+            # At the end of the loop's turn, with the other requests and answers of this turn
+            # (server/writes.py). Nothing else is written here before the answer comes back:
+            # a request with a body takes the path above, a tunnel begins after the answer.
+            hub.writes.write(self.transport, request)
         exchange.handed_off = perf_counter()
 
     def pipe_body(self, body: BodyStream, *, chunked: bool) -> None:
@@ -935,6 +939,7 @@ class UpstreamHub:
         "_sweeper",
         "_tasks",
         "_trust",
+        "writes",
     )
 
     def __init__(self, settings: ProxySettings) -> None:
@@ -951,6 +956,7 @@ class UpstreamHub:
         # Client address -> whether it is a trusted proxy: parsing the address and testing
         # the networks costs more than building the rest of the head. Bounded.
         self._trust: dict[str, bool] = {}
+        self.writes = WriteBatch(self.loop)  # request heads, sent at the end of the turn
 
     def keeps_forwarded(self, client_ip: str) -> bool:
         """Whether a client's own ``X-Forwarded-*`` are kept (and appended to): always when

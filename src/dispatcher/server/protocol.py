@@ -57,6 +57,7 @@ from dispatcher.http import (
     TunnelPeer,
 )
 from dispatcher.normalize import normalize_host, normalize_path
+from dispatcher.server.writes import WriteBatch
 from dispatcher.settings import Limits
 from dispatcher.types import Header
 
@@ -156,6 +157,7 @@ class ServerState:
         "in_flight",
         "_id_prefix",
         "_id_count",
+        "writes",
     )
 
     def __init__(
@@ -179,6 +181,7 @@ class ServerState:
         # Request ids: random per process, then a counter: unique without a syscall each.
         self._id_prefix = os.urandom(5).hex().encode("ascii")
         self._id_count = 0
+        self.writes = WriteBatch(loop)  # every connection's writes, made at the turn's end
         self.tick()
 
     def new_request_id(self) -> bytes:
@@ -736,6 +739,7 @@ class HttpProtocol:
         "_body_bytes",
         "_has_begun",
         "is_client_gone",
+        "_writes",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -782,6 +786,7 @@ class HttpProtocol:
         self._body_bytes = 0
         self._has_begun = False  # a first request has started on this connection
         self.is_client_gone = False  # the client closed its side (EOF) or the connection
+        self._writes = state.writes
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -1356,7 +1361,7 @@ class HttpProtocol:
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None:
-            transport.write(data)
+            self._writes.write(transport, data)  # at the end of the loop's turn
 
     async def drain(self) -> None:
         if self._is_write_paused and self.transport is not None:
@@ -1398,6 +1403,7 @@ class HttpProtocol:
         if transport is None:
             return
         self.transport = None  # forget it at once: a closing transport may raise on write
+        self._writes.flush()  # what this connection wrote goes before its FIN
         if (self._is_parser_dead or self._parsing is not None) and not self.is_client_gone:
             self._linger(transport)
         else:
@@ -1425,6 +1431,9 @@ class HttpProtocol:
         transport = self.transport or self._lingering
         self.transport = self._lingering = None
         if transport is not None:
+            # What was written goes out before the reset, as it did when writes were made at
+            # once: a cut response shows the client its head and the bytes that came.
+            self._writes.flush()
             transport.abort()
 
 
