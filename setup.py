@@ -23,6 +23,7 @@ COMPILED_SOURCES = [
     "src/dispatcher/routing.py",
     "src/dispatcher/normalize.py",
     "src/dispatcher/metrics.py",
+    "src/dispatcher/access.py",
 ]
 
 

@@ -30,6 +30,7 @@ COMPILED_MODULES: Final = (
     "dispatcher.routing",
     "dispatcher.normalize",
     "dispatcher.metrics",
+    "dispatcher.access",
 )
 
 

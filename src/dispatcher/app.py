@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from dispatcher import __version__
 from dispatcher._compiled import describe_build
+from dispatcher.access import AccessLog, ErrorLog
 from dispatcher.admin import DeployAPI
 from dispatcher.auth import BearerTokenAuth, ensure_token_file
 from dispatcher.console import Console
@@ -28,7 +29,7 @@ from dispatcher.dispatch import Dispatcher
 from dispatcher.errors import ConfigError, ListenFailed
 from dispatcher.forwarding.asgi import AppHandler, AppHost
 from dispatcher.forwarding.upstream import UpstreamHub
-from dispatcher.logs import ACCESS_LOGGER, AccessLog, ErrorLog
+from dispatcher.logs import ACCESS_LOGGER
 from dispatcher.metrics import ProcessSample, RequestMetrics, render, sample_process
 from dispatcher.namespaces import Snapshot
 from dispatcher.replicas import Heartbeat, Replicas, new_replica_id, this_process

@@ -1,43 +1,27 @@
-"""JSON-lines logging on stderr, the access log and the error log of requests.
+"""JSON-lines logging on stderr: the logging set-up every process makes at start.
 
 Every record goes through the standard ``logging`` module and comes out as one JSON object
-per line (``JsonFormatter``). Fields given in ``extra=`` become top-level keys.
-
-The access log is kept off the request's path: a finished exchange appends a tuple of
-values it already has (``AccessLog.record``); the tuples become log records in batches, on
-a timer or when many are waiting, so the formatting cost is paid outside the request and
-the request's latency does not include it. Nothing secret is ever logged: no header is
-logged but the ``User-Agent``, and the query string (which may carry credentials) is not.
+per line (``JsonFormatter``). Fields given in ``extra=`` become top-level keys. The access
+log (``dispatcher.access``) has its own handler, which writes its lines in batches
+(``BatchHandler``); the lines themselves, and the error log of requests, are made in
+``access.py``.
 
 Example::
 
     configure_logging("info")
-    access = AccessLog(environment="production", namespace="dotdo-production")
-    metrics = RequestMetrics("production", access_log=access, error_log=ErrorLog(...))
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import json
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Final
-
-from dispatcher import outcomes
-
-if TYPE_CHECKING:
-    from dispatcher.server.protocol import Exchange
+from typing import Any, Final
 
 LEVELS: Final = ("debug", "info", "warning", "error")
 ACCESS_LOGGER: Final = "dispatcher.access"
-FLUSH_SECONDS: Final = 0.25
-FLUSH_BATCH: Final = 64
-"""Lines formatted at once at most: about 1 ms of the event loop, not a latency spike."""
-_quote = json.encoder.encode_basestring  # the C escaper: str -> JSON string literal
 # LogRecord attributes that are not ``extra=`` fields.
 _RECORD_FIELDS: Final = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
@@ -52,9 +36,9 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: str | None = getattr(record, "json_line", None)
         if line is not None:
-            return line  # built whole by AccessLog, the same shape, in a third of the time
+            return line  # built whole by access.AccessLog, in the same shape
         fields: dict[str, Any] = {
-            "ts": _iso(record.created),
+            "ts": iso_timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -67,13 +51,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(fields, default=str, ensure_ascii=False)
 
 
-def _iso(created: float) -> str:
+def iso_timestamp(created: float) -> str:
+    """``2026-11-27T17:14:11.123Z``: the ``ts`` of every line."""
     return _iso_milliseconds(int(created * 1000))
 
 
 @functools.lru_cache(maxsize=8)
 def _iso_milliseconds(milliseconds: int) -> str:
-    """Cached: a busy access log writes many lines in the same millisecond."""
     seconds, fraction = divmod(milliseconds, 1000)
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{fraction:03d}Z"
 
@@ -131,184 +115,3 @@ def configure_logging(level: str, *, stream: Any = None) -> None:
     batched.setFormatter(JsonFormatter())
     access.addHandler(batched)
     access.propagate = False  # one line, written by its own handler in batches
-
-
-def request_fields(exchange: Exchange, finished: float) -> dict[str, Any]:
-    """What every log line about a request carries."""
-    head = exchange.head
-    route = head.route if head is not None else None
-    fields: dict[str, Any] = {
-        "request_id": head.request_id.decode("ascii") if head is not None else None,
-        "method": head.method if head is not None else None,
-        "host": head.host if head is not None else None,
-        "path": head.path if head is not None else None,
-        "status": exchange.status,
-        "outcome": outcomes.NAMES[exchange.outcome],
-        "service": route.service if route is not None else None,
-        "worker": route.worker if route is not None else None,
-        "duration_ms": round((finished - exchange.started) * 1000, 3),
-        "client": head.client[0] if head is not None and head.client is not None else None,
-    }
-    if exchange.failure is not None:
-        fields["reason"] = exchange.failure
-    return fields
-
-
-def access_line(exchange: Exchange, finished: float, wall: float, context: str) -> str:
-    """The access line as ``JsonFormatter`` would write ``request_fields`` and ``context``
-    (the closing fields), built directly from the exchange: no dict, no ``json.dumps``, the C
-    string escaper per value. About a sixth of the cost of a log record."""
-    head = exchange.head
-    reason = exchange.failure
-    tail = f', "reason": {_quote(reason)}{context}' if reason is not None else context
-    prefix = f'{{"ts": "{_iso(wall)}", "level": "info", "logger": "{ACCESS_LOGGER}", '
-    status = exchange.status
-    outcome = outcomes.NAMES[exchange.outcome]
-    duration = round((finished - exchange.started) * 1000, 3)
-    if head is None:  # refused before a request line was read: nothing else is known
-        return (
-            f'{prefix}"message": "- {status}", "request_id": null, "method": null, '
-            f'"host": null, "path": null, "status": {status}, "outcome": "{outcome}", '
-            f'"service": null, "worker": null, "duration_ms": {duration}, "client": null{tail}'
-        )
-    route = head.route
-    client = head.client
-    method, host, path = head.method, head.host, head.path
-    return (
-        f'{prefix}"message": {_quote(f"{method} {host}{path} {status}")}, '
-        f'"request_id": {_quote(head.request_id.decode("ascii"))}, "method": {_quote(method)}, '
-        f'"host": {_quote(host)}, "path": {_quote(path)}, "status": {status}, '
-        f'"outcome": "{outcome}", '
-        f'"service": {_quote(route.service) if route is not None else "null"}, '
-        f'"worker": {_quote(route.worker) if route is not None else "null"}, '
-        f'"duration_ms": {duration}, '
-        f'"client": {_quote(client[0]) if client is not None else "null"}{tail}'
-    )
-
-
-def _direct_handler(logger: logging.Logger) -> BatchHandler | None:
-    """The access logger's one ``BatchHandler`` when ``configure_logging`` set it up and
-    nothing was added since: its lines can skip log records (two thirds of their cost).
-    Any other set-up (a filter, another handler, a test's capture) gets real records."""
-    handlers = logger.handlers
-    if len(handlers) != 1 or logger.propagate or logger.filters:
-        return None
-    handler = handlers[0]
-    if type(handler) is not BatchHandler or handler.filters or handler.level > logging.INFO:
-        return None
-    return handler
-
-
-def access_message(exchange: Exchange) -> str:
-    head = exchange.head
-    if head is None:
-        return f"- {exchange.status}"
-    return f"{head.method} {head.host}{head.path} {exchange.status}"
-
-
-class ErrorLog:
-    """Logs, at once, every request the dispatcher answered with an error of its own.
-
-    A client's mistake (404, 400, a client that left) is already a full line of the access
-    log, reason included: with the access log on, only the dispatcher's own failures (5xx)
-    get a line here too."""
-
-    __slots__ = ("_context", "_logger", "_client_errors")
-
-    # The dispatcher's own failures (5xx) are warnings; a client's mistakes are info.
-    _LEVELS: Final = {
-        outcomes.CONFIG_ERROR: logging.ERROR,
-        outcomes.INTERNAL_ERROR: logging.ERROR,
-        outcomes.BAD_GATEWAY: logging.WARNING,
-        outcomes.GATEWAY_TIMEOUT: logging.WARNING,
-        outcomes.OVERLOADED: logging.WARNING,
-    }
-
-    def __init__(self, *, environment: str, namespace: str, client_errors: bool = True) -> None:
-        self._context = {"environment": environment, "namespace": namespace}
-        self._logger = logging.getLogger("dispatcher.request")
-        self._client_errors = client_errors
-
-    def error(self, exchange: Exchange, finished: float) -> None:
-        level = self._LEVELS.get(exchange.outcome)
-        if level is None:
-            if not self._client_errors:
-                return
-            level = logging.INFO
-        if not self._logger.isEnabledFor(level):
-            return
-        fields = request_fields(exchange, finished)
-        fields.update(self._context)
-        self._logger.log(
-            level,
-            "%s %s%s -> %d %s",
-            fields["method"],
-            fields["host"],
-            fields["path"],
-            exchange.status,
-            fields["outcome"],
-            extra=fields,
-        )
-
-
-class AccessLog:
-    """One line per request on the ``dispatcher.access`` logger, formatted in batches."""
-
-    __slots__ = ("_context_json", "_logger", "_pending", "_task")
-
-    def __init__(self, *, environment: str, namespace: str) -> None:
-        self._context_json = (
-            f', "environment": {_quote(environment)}, "namespace": {_quote(namespace)}}}'
-        )
-        self._logger = logging.getLogger(ACCESS_LOGGER)
-        self._pending: list[tuple[Exchange, float, float]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def record(self, exchange: Exchange, finished: float, wall: float) -> None:
-        pending = self._pending
-        pending.append((exchange, finished, wall))
-        if len(pending) >= FLUSH_BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        logger = self._logger
-        if not pending or not logger.isEnabledFor(logging.INFO):
-            return
-        context = self._context_json
-        direct = _direct_handler(logger)
-        if direct is not None:
-            direct.add_lines(
-                [
-                    access_line(exchange, finished, wall, context)
-                    for exchange, finished, wall in pending
-                ]
-            )
-            direct.flush()
-            return
-        for exchange, finished, wall in pending:
-            record = logging.LogRecord(
-                logger.name, logging.INFO, "", 0, access_message(exchange), None, None
-            )
-            record.created = wall
-            record.__dict__.update(request_fields(exchange, finished))  # for any handler
-            record.json_line = access_line(exchange, finished, wall, context)
-            logger.handle(record)
-        for handler in logger.handlers:
-            handler.flush()
-
-    async def __aenter__(self) -> AccessLog:
-        self._task = asyncio.get_running_loop().create_task(self._flush_regularly())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.flush()
-
-    async def _flush_regularly(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            self.flush()
