@@ -71,7 +71,7 @@ NAMES: Final = st.sampled_from(
 )
 VALUE_PIECES: Final = st.sampled_from(
     [b"", b" ", b"\t", b"close", b"keep-alive", b"x-a", b"x-a, close", b"chunked", b"\n"]
-    + [b"\r", b"Close", b"upgrade", b"te", b"a b", b"server"]
+    + [b"\r", b"Close", b"upgrade", b"te", b"a b", b"server", b"X-Request-Id"]
 )
 VALUES: Final = st.lists(VALUE_PIECES, max_size=4).map(b"".join)
 
@@ -121,3 +121,10 @@ def test_connection_close_and_the_headers_it_names_are_removed() -> None:
 def test_an_x_request_id_line_is_found_and_kept() -> None:
     lines = b"\nContent-Length: 2\r\nX-Request-ID: abc\r\nConnection: keep-alive\r\n"
     assert _response_block(lines) == (b"X-Request-ID: abc\r\n", 2, False, False, True)
+
+
+def test_an_x_request_id_named_by_connection_is_removed_and_not_counted() -> None:
+    """Named in Connection, the upstream's X-Request-Id is hop-by-hop: it is removed, so the
+    client side must add the request's own (it would add none if told one was kept)."""
+    lines = b"X-Request-Id: up-1\r\nConnection: X-Request-Id\r\nContent-Length: 2\r\n"
+    assert _response_block(b"\n" + lines) == (b"", 2, False, False, False)

@@ -627,6 +627,8 @@ def _response_block(lines: bytes) -> ResponseBlock:
             for line in block.split(b"\r\n")
             if line and line.partition(b":")[0].lower() not in named
         )
+        if b"x-request-id" in named:
+            has_request_id = False  # named hop-by-hop, so removed: the client side adds ours
     return block, length, b"close" in tokens, is_chunked, has_request_id
 
 
