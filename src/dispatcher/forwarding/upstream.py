@@ -97,11 +97,11 @@ _PROXY_OWNED: Final = frozenset(
 _NOTHING: Final[frozenset[bytes]] = frozenset()
 _SWITCH_HEADERS: Final = b"connection: upgrade\r\nupgrade: websocket\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
+_TRUST_CACHE_SIZE: Final = 4096  # client addresses whose trusted-proxy answer is kept
 # A hop-by-hop line of the lower-cased head (or an X-Request-Id line, which is kept): the LF
 # before it (the search jumps from one line start to the next), its name, its value, and its
 # CR (its LF starts the next line).
 # Greedy and without white-space classes: sre's lazy and optional parts cost 1 µs a head.
-_TRUST_CACHE_SIZE: Final = 4096
 _HOP_LINE: Final = re.compile(
     rb"(\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
     rb"|content-length|x-request-id):([^\n]*)\r)(?=\n)"
