@@ -150,6 +150,31 @@ async def test_an_upstream_that_never_answers_is_a_504_at_the_header_timeout(
     assert up.accepted == 2
 
 
+async def test_an_upstream_deadline_is_never_early_whatever_the_phase_of_the_sweep(
+    tmp_path: Path,
+) -> None:
+    """Regression: the header timeout was armed from the sweep's clock, up to a sweep old, so
+    a request sent late in a sweep got its 504 up to half a second early. Requests sent 0.1 s
+    apart cover every phase of the 0.5 s sweep; each waits the whole timeout."""
+    async with (
+        RecordingUpstream.start(by_path({"stall": stall()})) as up,
+        serve(tmp_path, {"db": up.url}, proxy={"response_header_timeout": 1.0}) as gateway,
+    ):
+
+        async def stalled_request() -> float:
+            started = time.monotonic()
+            response = await gateway.request("/stall")
+            assert response.status == 504
+            return time.monotonic() - started
+
+        requests = []
+        for _ in range(6):
+            requests.append(asyncio.create_task(stalled_request()))
+            await asyncio.sleep(0.1)
+        for elapsed in await asyncio.gather(*requests):
+            assert 1.0 - 0.05 <= elapsed < 1.0 + 2 * SWEEP + 0.2, elapsed
+
+
 async def test_a_black_holed_connect_is_a_504_at_the_connect_timeout(tmp_path: Path) -> None:
     with full_backlog() as url:
         async with serve(tmp_path, {"db": url}, proxy={"connect_timeout": 0.5}) as gateway:

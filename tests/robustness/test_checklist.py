@@ -928,7 +928,7 @@ async def test_an_announced_body_that_never_comes_is_a_408_at_the_body_idle_time
         waited = time.monotonic() - started
         assert response.status == 408, response.body
         assert error_fields(response)["code"] == "request_timeout"
-        assert 0.9 <= waited < 2.5, waited  # 1 s, checked twice a second
+        assert 0.95 <= waited < 2.5, waited  # 1 s, never early, checked twice a second
         await assert_closed_after(client, response)
         await wait_upstream_closed(stack.db)
         assert [r.is_complete for r in stack.db.requests] in ([], [False])

@@ -9,8 +9,8 @@
 
 The deadlines are scaled down (1 s instead of 10 s and 30 s) so the suite stays quick; a
 byte is dribbled every 0.4 s, well inside them, so a timer reset by each byte would never
-fire. Deadlines are checked by the listener's twice-a-second sweep against a coarse clock,
-hence the slack around each deadline.
+fire. Deadlines are checked by the listener's twice-a-second sweep, and armed from the end of
+its tick: never early, up to half a second late, hence the slack after each deadline.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ DEADLINE: Final = 1.0
 """The header deadline and the body idle timeout of these tests, in seconds."""
 DRIBBLE: Final = 0.4
 """Seconds between two dribbled bytes: well inside ``DEADLINE``."""
-EARLY: Final = 0.6
-"""How much earlier than ``DEADLINE`` a cut may come: the sweep's clock is up to 0.5 s old."""
+EARLY: Final = 0.05
+"""How much earlier than ``DEADLINE`` a cut may come: none, but for the event loop's clock,
+which moves once per loop turn in whole milliseconds."""
 LATE: Final = 1.5
 """How much later than ``DEADLINE`` a cut may come: the sweep runs twice a second."""
 LIMITS: Final = {

@@ -239,7 +239,7 @@ class UpstreamConnection:
             self._close()
             return
         self._got_bytes = True
-        self._deadline = self.pool.hub.now + self.pool.hub.settings.stream_idle_timeout
+        self._deadline = self.pool.hub.tick_end + self.pool.hub.settings.stream_idle_timeout
         if self._waiting_head:
             head = self._head = data if not self._head else self._head + data
             # A read may carry the head and the first body bytes together: only a head
@@ -399,7 +399,7 @@ class UpstreamConnection:
         self._body = None
         self._is_body_chunked = False
         self._pending_head = None
-        self._deadline = hub.now + hub.settings.response_header_timeout
+        self._deadline = hub.tick_end + hub.settings.response_header_timeout
         exchange.producer = self
         assert self.transport is not None
         if head.body_length != 0:
@@ -934,6 +934,7 @@ class UpstreamHub:
         "loop",
         "tls",
         "now",
+        "tick_end",
         "is_closing",
         "outcomes",
         "_pools",
@@ -948,7 +949,8 @@ class UpstreamHub:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.tls = ssl.create_default_context()
-        self.now = self.loop.time()
+        self.now = self.tick_end = 0.0
+        self._advance_clock()
         self.is_closing = False
         self.outcomes: Counter[str] = Counter()
         self._pools: dict[UpstreamURL, UpstreamPool] = {}
@@ -976,7 +978,15 @@ class UpstreamHub:
             trusted = trust[client_ip] = settings.is_trusted(client_ip)
         return trusted
 
+    def _advance_clock(self) -> float:
+        """Set the coarse clock, and the latest moment before the next sweep: deadlines are
+        armed from the latter, so none fires early (the clock is up to a sweep old)."""
+        self.now = now = self.loop.time()
+        self.tick_end = now + SWEEP_SECONDS
+        return now
+
     async def __aenter__(self) -> UpstreamHub:
+        self._advance_clock()  # the first sweep is one from now
         self._sweeper = self.loop.create_task(self._sweep())
         return self
 
@@ -1017,7 +1027,7 @@ class UpstreamHub:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            self.now = now = self.loop.time()
+            now = self._advance_clock()
             for pool in self._pools.values():
                 for connection in list(pool.connections):
                     connection.check_deadline(now)

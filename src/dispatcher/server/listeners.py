@@ -19,6 +19,7 @@ import socket
 from typing import Final
 
 from dispatcher.server.protocol import (
+    TICK_SECONDS,
     ExchangeObserver,
     RequestHandler,
     ServerState,
@@ -28,7 +29,6 @@ from dispatcher.settings import Limits
 
 logger = logging.getLogger("dispatcher.server")
 
-TICK_SECONDS: Final = 0.5
 BACKLOG: Final = 2048
 
 

@@ -13,7 +13,9 @@ protocol hands it a ``RequestHead``, a ``RequestBody`` and the ``Exchange`` that
 response.
 
 Deadlines are checked by the listener's once-per-tick sweep against a coarse clock
-(``ServerState.now``), so arming one costs an attribute store, not a timer per request.
+(``ServerState.now``), so arming one costs an attribute store, not a timer per request. They
+are armed from the end of the current tick (``ServerState.tick_end``), not from its start: the
+coarse clock is up to a tick old, and a deadline armed from it would fire up to a tick early.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ from dispatcher.settings import Limits
 from dispatcher.types import Header
 
 logger = logging.getLogger("dispatcher.server")
+
+TICK_SECONDS: Final = 0.5
+"""How often a listener advances its coarse clock and checks its connections' deadlines."""
 
 _STATUS_LINES: Final = {
     int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus
@@ -148,6 +153,7 @@ class ServerState:
         "limits",
         "handler",
         "now",
+        "tick_end",
         "date_line",
         "connections",
         "is_closing",
@@ -166,7 +172,7 @@ class ServerState:
         self.loop = loop
         self.limits = limits
         self.handler = handler
-        self.now = loop.time()
+        self.now = self.tick_end = loop.time()
         self.date_line = b""
         self.connections: set[HttpProtocol] = set()
         self.is_closing = False
@@ -191,6 +197,9 @@ class ServerState:
     def tick(self) -> None:
         """Advance the coarse clock and the Date header, then expire overdue connections."""
         self.now = self.loop.time()
+        # No moment before the next tick is later than this: deadlines armed from it are
+        # never early, and fire at most one tick late.
+        self.tick_end = self.now + TICK_SECONDS
         self.date_line = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
         for connection in list(self.connections):
             try:
@@ -907,7 +916,7 @@ class HttpProtocol:
 
     def pause_writing(self) -> None:
         self._is_write_paused = True
-        self._write_paused_at = self.state.now
+        self._write_paused_at = self.state.tick_end
         producer = self._producer()
         if producer is not None:
             producer.pause_reading()
@@ -1034,7 +1043,7 @@ class HttpProtocol:
         exchange = self._parsing
         if exchange is not None and exchange.body is not None:
             exchange.body.feed(chunk)
-            now = self.state.now
+            now = self.state.tick_end
             self._deadline = now + self._limits.body_idle_timeout
             if self._body_since:
                 self._body_bytes += len(chunk)
@@ -1274,7 +1283,7 @@ class HttpProtocol:
 
     def _arm(self, kind: int, timeout: float) -> None:
         self._deadline_kind = kind
-        self._deadline = self.state.now + timeout
+        self._deadline = self.state.tick_end + timeout
 
     def check_deadline(self, now: float) -> None:
         """Called by the listener's sweep; acts on an overdue head, body or idle wait."""
