@@ -3,10 +3,14 @@ the client gets it back, and W3C ``traceparent`` passes untouched."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from pathlib import Path
 
 import pytest
 
+from dispatcher.server.protocol import ServerState
+from dispatcher.settings import Limits
 from dispatcher.testing import run_dispatcher
 from dispatcher.types import Receive, Scope, Send
 from tests.forwarding.conftest import Gateway, serve
@@ -26,6 +30,16 @@ async def test_an_id_is_made_passed_to_the_upstream_and_returned(tmp_path: Path)
     seen = db.requests[0]
     assert seen.values("x-request-id") == [made.encode()]
     assert seen.values("traceparent") == [TRACEPARENT.encode()]
+
+
+async def test_made_ids_are_the_prefix_then_the_count_in_hex() -> None:
+    """Over blocks of 256 (the last two digits come from a table, the rest are formatted
+    once a block): each id is the process's prefix and the count, ten hex digits."""
+    state = ServerState(asyncio.get_running_loop(), Limits(), object())  # type: ignore[arg-type]
+    made = [state.new_request_id() for _ in range(70_000)]
+    prefix = made[0][:10]
+    assert re.fullmatch(rb"[0-9a-f]{10}", prefix)
+    assert made == [b"%s%010x" % (prefix, count) for count in range(1, 70_001)]
 
 
 async def test_a_clients_id_is_kept(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ _TOKEN_CHARS: Final = (
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 _HOST_CACHE_SIZE: Final = 1024
+_HEX_PAIRS: Final = tuple(b"%02x" % byte for byte in range(256))
 _GONE_EVENTS: Final = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
 _LATER_VERSION = re.compile(rb" HTTP/[2-9]\.[0-9]\r?\n")
 _TE_LINE = re.compile(rb"\ntransfer-encoding:[ \t]*([^\r\n]*?)[ \t]*(?=\r?\n)", re.IGNORECASE)
@@ -163,6 +164,7 @@ class ServerState:
         "in_flight",
         "_id_prefix",
         "_id_count",
+        "_id_block",
         "writes",
     )
 
@@ -185,14 +187,21 @@ class ServerState:
         self.observer: ExchangeObserver | None = None
         self.in_flight = 0  # exchanges handed to the handler and not yet over
         # Request ids: random per process, then a counter: unique without a syscall each.
+        # The counter's hex digits but the last two change once in 256 ids: kept formatted.
         self._id_prefix = os.urandom(5).hex().encode("ascii")
         self._id_count = 0
+        self._id_block = self._id_prefix + b"00000000"
         self.writes = WriteBatch(loop)  # every connection's writes, made at the turn's end
         self.tick()
 
     def new_request_id(self) -> bytes:
-        self._id_count += 1
-        return b"%s%010x" % (self._id_prefix, self._id_count)
+        """The prefix, then the count in ten or more hex digits: ``b"%s%010x" % (prefix,
+        count)``, without formatting a number per request (a third of a microsecond)."""
+        count = self._id_count = self._id_count + 1
+        low = count & 0xFF
+        if low == 0:
+            self._id_block = b"%s%08x" % (self._id_prefix, count >> 8)
+        return self._id_block + _HEX_PAIRS[low]
 
     def tick(self) -> None:
         """Advance the coarse clock and the Date header, then expire overdue connections."""
