@@ -14,6 +14,10 @@ The device under test (DUT) is pinned to core 0:
 * ``direct``: no proxy, a second instance of the upstream's nginx in the DUT's place (wrk
   goes to the service's own port), like the anchors' "direct" row;
 * ``nginx``: ``proxy_pass`` with ``keepalive 64``, HTTP/1.1 and ``Connection ""`` upstream;
+* ``nginx-access-log``: the same with an access log like the dispatcher's: a JSON line with
+  the same fields per request, to a file, buffered (``buffer=64k flush=250ms``; the
+  dispatcher writes 64 lines or every 0.25 s): the like-for-like peer of
+  ``dispatcher-access-log``;
 * ``haproxy``: ``nbthread 1``, ``http-reuse always``;
 * ``starlette-aiohttp`` and ``starlette-httpx``: a naive Starlette proxy on uvicorn with one
   shared aiohttp ``ClientSession`` / httpx ``AsyncClient`` (``bench/peers/``);
@@ -30,7 +34,7 @@ The device under test (DUT) is pinned to core 0:
   request path runs from source instead of the mypyc-compiled build (what compiling buys).
 
 ``--only NAMES`` (comma-separated) limits the rounds to some configurations, e.g.
-``direct,nginx,dispatcher,dispatcher-access-log,dispatcher-scraped``.
+``direct,nginx,nginx-access-log,dispatcher,dispatcher-access-log,dispatcher-scraped``.
 
 Every proxy routes like the dispatcher's seed table: ``Host: db.do`` → db, ``api.do`` +
 ``/api/auth/...`` → auth. Scenarios are the anchors': GET ``/v1/items?id=1`` Host db.do at
@@ -38,7 +42,8 @@ Every proxy routes like the dispatcher's seed table: ``Host: db.do`` → db, ``a
 Every configuration is smoke-tested first (status 200 and the routed service's exact body);
 then interleaved rounds (warm-up discarded) measure CPU µs per request of the DUT's process
 tree and of the upstream. The report gives medians, min–max, ratios paired per round against
-nginx and Starlette+aiohttp, and the verdicts; then the two dispatcher variants against the
+nginx and Starlette+aiohttp, and the verdicts (the access-logged dispatcher's against the
+access-logged nginx); then the two dispatcher variants against the
 plain one (CPU µs/req, rps, p99), whether scraping stays within noise (CPU and p99 within 10 %)
 and what the access log costs. Raw rows go to ``bench/results/proxy.jsonl``.
 
@@ -102,11 +107,13 @@ NGINX, AIOHTTP, HTTPX, SUBJECT, DIRECT = (
     "direct",
 )
 ACCESS_LOGGED, SCRAPED = "dispatcher-access-log", "dispatcher-scraped"
+NGINX_LOGGED = "nginx-access-log"
 INTERPRETED = "dispatcher-interpreted"
 DISPATCHERS: Final = (SUBJECT, ACCESS_LOGGED, SCRAPED, INTERPRETED)
 LABELS: Final = {
     DIRECT: "direct: upstream nginx `return 200` on core 0 (no proxy)",
     NGINX: "nginx proxy_pass, keepalive 64",
+    NGINX_LOGGED: "nginx, access log on (JSON lines to a file, buffer=64k flush=250ms)",
     "haproxy": "HAProxy, nbthread 1, http-reuse always",
     AIOHTTP: "Starlette + aiohttp ClientSession (uvicorn)",
     HTTPX: "Starlette + httpx AsyncClient (uvicorn)",
@@ -131,7 +138,9 @@ VERSIONED: Final = (
 ACCESS_LOG_NOTE: Final = (
     "Access log on/off: the `dispatcher` rows run with `--no-access-log` (and Prometheus "
     "metrics, which are always counted); `dispatcher-access-log` runs with `--log-level info "
-    "--access-log`, one JSON line per request written to its log file."
+    "--access-log`, one JSON line per request written to its log file. `nginx` runs with "
+    "`access_log off`; `nginx-access-log` writes a JSON line with the same fields per request "
+    "to a file, buffered like ours (64 KiB or 0.25 s), its like-for-like peer."
 )
 MAX_CPU_VS_NGINX: Final = 2.0
 MIN_CPU_GAIN_VS_AIOHTTP: Final = 8.0
@@ -194,7 +203,8 @@ class Layout:
 
     @classmethod
     def allocate(cls, scratch: Path) -> Layout:
-        proxies = (NGINX, "haproxy", AIOHTTP, HTTPX, *DISPATCHERS, *map(admin_key, DISPATCHERS))
+        peers = (NGINX, NGINX_LOGGED, "haproxy", AIOHTTP, HTTPX)
+        proxies = (*peers, *DISPATCHERS, *map(admin_key, DISPATCHERS))
         ports = m.free_ports(2 * len(SEED_SERVICES) + len(proxies))
         count = len(SEED_SERVICES)
         return cls(
@@ -230,15 +240,40 @@ def render(template: Path, values: Mapping[str, str]) -> str:
 
 
 def _write_config(
-    layout: Layout, template: str, name: str, ports: Mapping[str, int], listen: int | None
+    layout: Layout,
+    template: str,
+    name: str,
+    ports: Mapping[str, int],
+    listen: int | None,
+    extra: Mapping[str, str] | None = None,
 ) -> Path:
-    values = {"run": str(layout.scratch), "name": name}
+    values = {"run": str(layout.scratch), "name": name, **(extra or {})}
     values |= {f"port_{service}": str(port) for service, port in ports.items()}
     if listen is not None:
         values["listen"] = str(listen)
     path = layout.scratch / f"{name}{Path(template).suffix}"
     path.write_text(render(PEERS / template, values))
     return path
+
+
+NGINX_LOG_OFF: Final = {"access_log": "access_log off;"}
+
+
+def nginx_access_log(path: Path) -> str:
+    """nginx's access log made like the dispatcher's: one JSON line per request with the same
+    fields, to a file, written in batches (the dispatcher writes 64 lines or every 0.25 s)."""
+    line = (
+        '{"ts": "$time_iso8601", "level": "info", "logger": "nginx.access", '
+        '"message": "$request_method $host$uri $status", "request_id": "$request_id", '
+        '"method": "$request_method", "host": "$host", "path": "$uri", "status": $status, '
+        '"outcome": "routed", "service": "$proxy_host", "worker": "$proxy_host", '
+        '"duration_s": $request_time, "client": "$remote_addr", '
+        f'"environment": "development", "namespace": "{NAMESPACE}"}}'
+    )
+    return (
+        f"log_format dispatcher_like escape=json '{line}';\n"
+        f"    access_log {path} dispatcher_like buffer=64k flush=250ms;"
+    )
 
 
 def upstream_command(layout: Layout) -> tuple[str, ...]:
@@ -267,7 +302,17 @@ def contenders(bin_dir: Path, layout: Layout) -> list[Contender]:
     env = _environment(layout)
     scratch, listen = layout.scratch, layout.listen
     direct = _write_config(layout, "nginx-upstream.conf", DIRECT, layout.direct, None)
-    nginx = _write_config(layout, "nginx-proxy.conf", NGINX, layout.upstream, listen[NGINX])
+    nginx = _write_config(
+        layout, "nginx-proxy.conf", NGINX, layout.upstream, listen[NGINX], NGINX_LOG_OFF
+    )
+    nginx_logged = _write_config(
+        layout,
+        "nginx-proxy.conf",
+        NGINX_LOGGED,
+        layout.upstream,
+        listen[NGINX_LOGGED],
+        {"access_log": nginx_access_log(layout.scratch / f"{NGINX_LOGGED}.access.log")},
+    )
     haproxy = _write_config(layout, "haproxy.cfg", "haproxy", layout.upstream, listen["haproxy"])
     toml = write_dispatcher_config(scratch / "dispatcher.toml", layout.urls)
     nginx_args = ("-p", str(scratch), "-e", str(scratch / "nginx-startup.err"))
@@ -281,6 +326,12 @@ def contenders(bin_dir: Path, layout: Layout) -> list[Contender]:
             direct_ports=layout.direct,
         ),
         Contender(NGINX, ("nginx", *nginx_args, "-c", str(nginx)), listen[NGINX], env),
+        Contender(
+            NGINX_LOGGED,
+            ("nginx", *nginx_args, "-c", str(nginx_logged)),
+            listen[NGINX_LOGGED],
+            env,
+        ),
         Contender("haproxy", ("haproxy", "-db", "-f", str(haproxy)), listen["haproxy"], env),
         Contender(
             AIOHTTP, _uvicorn(bin_dir, "starlette_aiohttp", listen[AIOHTTP]), listen[AIOHTTP], env
@@ -832,6 +883,26 @@ def verdicts(rows: Sequence[Row]) -> list[Verdict]:
             MAX_CPU_VS_NGINX,
             True,
         ),
+        *access_log_verdicts(rows),
+    ]
+
+
+def access_log_verdicts(rows: Sequence[Row]) -> list[Verdict]:
+    """The same targets with the access log on, like for like: each proxy writes one JSON
+    line per request to a file, in batches. (Against nginx without its log, the scenario
+    tables' "CPU vs nginx" column gives the access-logged dispatcher's ratio too.)"""
+    median = functools.partial(_median_ratio, rows)
+    limits = [("get_c32", _cpu, "CPU µs/req"), ("get_c4", _p99, "p99")]
+    limits.append(("post64k_c32", _cpu, "CPU µs/req"))
+    return [
+        Verdict(
+            scenario,
+            f"{what} {ACCESS_LOGGED} ÷ {NGINX_LOGGED}",
+            median(scenario, ACCESS_LOGGED, NGINX_LOGGED, figure),
+            MAX_P99_VS_NGINX if figure is _p99 else MAX_CPU_VS_NGINX,
+            True,
+        )
+        for scenario, figure, what in limits
     ]
 
 
