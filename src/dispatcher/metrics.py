@@ -1,7 +1,7 @@
 """Request metrics, counted cheaply on the hot path and exported in Prometheus's format.
 
 Per request, ``RequestMetrics.exchange_done`` does one dict lookup, a few list increments
-and two ``bisect`` calls: no label dict, no lock, no object per request. Everything else
+and two short bucket scans: no label dict, no lock, no object per request. Everything else
 (in-flight requests, connections, snapshot revision and age, store errors, upstream pools)
 is read when ``/metrics`` is scraped, from the objects that already know it.
 
@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -76,8 +75,16 @@ class _Histogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound falls in that bound's bucket (le is <=).
-        self.counts[bisect_left(self.bounds, value)] += 1
+        # The first bound the value does not pass (le is <=, like bisect_left). A scan from
+        # the smallest: requests sit in the first buckets, and compiled, the scan is a few
+        # C comparisons where bisect was a call with a boxed float (2,500 instructions a
+        # request for the two histograms, under callgrind).
+        index = 0
+        for bound in self.bounds:
+            if value <= bound:
+                break
+            index += 1
+        self.counts[index] += 1
         self.total += value
 
     def dump(self) -> list[Any]:

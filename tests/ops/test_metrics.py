@@ -4,8 +4,12 @@ latency and overhead histograms, and the gauges read at scrape time."""
 from __future__ import annotations
 
 import socket
+from bisect import bisect_left
 from pathlib import Path
 
+import pytest
+
+from dispatcher.metrics import DURATION_BUCKETS, OVERHEAD_BUCKETS, _Histogram
 from tests.forwarding.conftest import request_bytes, serve
 from tests.forwarding.upstreams import RecordingUpstream, echo, stall
 
@@ -89,6 +93,22 @@ async def test_latency_and_overhead_histograms_count_every_request(tmp_path: Pat
         value(samples, "dispatcher_request_duration_seconds_sum", environment=ENV, service="db")
         + value(samples, "dispatcher_request_duration_seconds_sum", environment=ENV, service="")
     )
+
+
+@pytest.mark.parametrize("bounds", [DURATION_BUCKETS, OVERHEAD_BUCKETS])
+def test_a_value_falls_in_the_first_bucket_it_does_not_pass(bounds: tuple[float, ...]) -> None:
+    """Prometheus's le is <=: a value equal to a bound counts in that bound's bucket; past the
+    last bound, in +Inf. The scan must agree with bisect_left everywhere."""
+    values = [0.0, bounds[0] / 2, *bounds, *(b * 1.0001 for b in bounds), bounds[-1] * 10]
+    histogram = _Histogram(bounds)
+    expected = [0] * (len(bounds) + 1)
+    for seconds in values:
+        histogram.observe(seconds)
+        expected[bisect_left(bounds, seconds)] += 1
+    assert histogram.counts == expected
+    assert histogram.counts[0] == 3  # 0, half the first bound, the first bound itself
+    assert histogram.counts[-1] == 2  # just past the last bound, and ten times it
+    assert histogram.total == pytest.approx(sum(values))
 
 
 async def test_gauges_show_in_flight_requests_snapshot_and_upstream_pool(tmp_path: Path) -> None:

@@ -241,7 +241,8 @@ class UpstreamConnection:
             self._close()
             return
         self._got_bytes = True
-        self._deadline = self.pool.hub.tick_end + self.pool.hub.settings.stream_idle_timeout
+        hub = self.pool.hub
+        self._deadline = hub.tick_end + hub.stream_idle_timeout
         if self._waiting_head:
             head = self._head = data if not self._head else self._head + data
             # A read may carry the head and the first body bytes together: only a head
@@ -401,7 +402,7 @@ class UpstreamConnection:
         self._body = None
         self._is_body_chunked = False
         self._pending_head = None
-        self._deadline = hub.tick_end + hub.settings.response_header_timeout
+        self._deadline = hub.tick_end + hub.response_header_timeout
         exchange.producer = self
         assert self.transport is not None
         if head.body_length != 0:
@@ -751,7 +752,7 @@ class UpstreamPool:
         self.down_until = self.hub.now + self.hub.settings.fail_timeout
 
     def release(self, connection: UpstreamConnection) -> None:
-        if len(self.idle) >= self.hub.settings.pool_max_idle or self.hub.is_closing:
+        if len(self.idle) >= self.hub.pool_max_idle or self.hub.is_closing:
             connection._close()
             return
         connection.idle_since = self.hub.now
@@ -896,7 +897,6 @@ class UpstreamForwarder:
 
     def _request_head(self, head: RequestHead, url: UpstreamURL) -> bytes:
         """The request head as the upstream sees it, rewritten in one pass."""
-        settings = self._hub.settings
         client_ip = head.client[0] if head.client is not None else ""
         keeps_forwarded = self._hub.keeps_forwarded(client_ip)
         named = _tokens(head.connection) - _PROXY_OWNED if head.connection else _NOTHING
@@ -929,7 +929,7 @@ class UpstreamForwarder:
             lines += (b"host: ", host, b"\r\n")
         else:
             lines += (b"host: ", url.authority.encode("ascii"), b"\r\n")
-        if settings.forwarded_headers:
+        if self._hub.adds_forwarded:
             client = client_ip.encode("ascii")
             xff = client if forwarded_for is None else forwarded_for + b", " + client
             lines += (b"x-forwarded-for: ", xff, b"\r\n")
@@ -961,6 +961,11 @@ class UpstreamHub:
 
     __slots__ = (
         "settings",
+        "stream_idle_timeout",
+        "response_header_timeout",
+        "pool_max_idle",
+        "adds_forwarded",
+        "trusts_proxies",
         "loop",
         "tls",
         "now",
@@ -977,6 +982,13 @@ class UpstreamHub:
 
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
+        # What every request reads, as the hub's own (C) attributes: ProxySettings is an
+        # interpreted dataclass, where each read is a generic attribute lookup.
+        self.stream_idle_timeout = settings.stream_idle_timeout
+        self.response_header_timeout = settings.response_header_timeout
+        self.pool_max_idle = settings.pool_max_idle
+        self.adds_forwarded = settings.forwarded_headers
+        self.trusts_proxies = bool(settings.trusted_proxies)
         self.loop = asyncio.get_running_loop()
         self.tls = ssl.create_default_context()
         self.now = self.tick_end = 0.0
@@ -995,17 +1007,16 @@ class UpstreamHub:
     def keeps_forwarded(self, client_ip: str) -> bool:
         """Whether a client's own ``X-Forwarded-*`` are kept (and appended to): always when
         the dispatcher adds none, else only from a trusted proxy."""
-        settings = self.settings
-        if not settings.forwarded_headers:
+        if not self.adds_forwarded:
             return True
-        if not settings.trusted_proxies:
+        if not self.trusts_proxies:
             return False
         trust = self._trust
         trusted = trust.get(client_ip)
         if trusted is None:
             if len(trust) >= _TRUST_CACHE_SIZE:
                 trust.clear()
-            trusted = trust[client_ip] = settings.is_trusted(client_ip)
+            trusted = trust[client_ip] = self.settings.is_trusted(client_ip)
         return trusted
 
     def _advance_clock(self) -> float:
