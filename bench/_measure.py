@@ -99,22 +99,27 @@ def cpu_ticks(pids: Iterable[int]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class CoreTimes:
-    """Busy and total jiffies of each core (``cpu0``, ``cpu1``...) from ``/proc/stat``."""
+    """Busy, total and stolen jiffies of each core (``cpu0``, ``cpu1``...) from
+    ``/proc/stat``. Stolen time is what the hypervisor gave to other guests: counted busy,
+    since the core was not ours to use."""
 
     busy: tuple[int, ...]
     total: tuple[int, ...]
+    steal: tuple[int, ...] = ()
 
     @classmethod
     def read(cls) -> CoreTimes:
         busy: list[int] = []
         total: list[int] = []
+        steal: list[int] = []
         with open("/proc/stat") as stat:
             for line in stat:
                 if line.startswith("cpu") and line[3].isdigit():
                     values = [int(v) for v in line.split()[1:]]
                     total.append(sum(values))
                     busy.append(sum(values) - values[3] - values[4])  # minus idle and iowait
-        return cls(tuple(busy), tuple(total))
+                    steal.append(values[7] if len(values) > 7 else 0)
+        return cls(tuple(busy), tuple(total), tuple(steal))
 
     def shares_since(self, before: CoreTimes) -> tuple[float, ...]:
         """Share of each core busy between ``before`` and this reading (other tenants too)."""
@@ -122,6 +127,12 @@ class CoreTimes:
             (b1 - b0) / max(1, t1 - t0)
             for b0, b1, t0, t1 in zip(before.busy, self.busy, before.total, self.total, strict=True)
         )
+
+    def steal_since(self, before: CoreTimes) -> float:
+        """Share of all cores' time stolen by the hypervisor between ``before`` and now: a
+        disturbed measurement, whatever the figures say."""
+        stolen = sum(self.steal) - sum(before.steal)
+        return stolen / max(1, sum(self.total) - sum(before.total))
 
 
 # --- wrk ----------------------------------------------------------------------------------
@@ -233,6 +244,7 @@ class Sample:
     cpu_s: float
     core_busy: tuple[float, ...]
     pids: int
+    steal: float = 0.0  # share of the machine's CPU time the hypervisor took meanwhile
 
     @property
     def cpu_us_per_request(self) -> float:
@@ -243,8 +255,10 @@ def measure(pids: Sequence[int], port: int, scenario: Scenario, duration: float)
     """Run ``scenario`` and charge the CPU time of ``pids`` to the requests completed."""
     ticks, cores = cpu_ticks(pids), CoreTimes.read()
     result = run_wrk(port, scenario, duration)
-    spent, shares = cpu_ticks(pids) - ticks, CoreTimes.read().shares_since(cores)
-    return Sample(result, spent / CLOCK_TICKS, shares, len(pids))
+    spent, after = cpu_ticks(pids) - ticks, CoreTimes.read()
+    return Sample(
+        result, spent / CLOCK_TICKS, after.shares_since(cores), len(pids), after.steal_since(cores)
+    )
 
 
 @dataclass(frozen=True, slots=True)

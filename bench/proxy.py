@@ -551,6 +551,7 @@ class Row:
     pids: int
     scrapes: int | None = None  # the scraped dispatcher's: /metrics GETs answered 200
     scrape_max_ms: float | None = None
+    steal: float = 0.0  # share of the machine's CPU the hypervisor took during the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -721,6 +722,7 @@ def _row(
         pids=sample.pids,
         scrapes=scrapes.count if scrapes is not None else None,
         scrape_max_ms=scrapes.slowest_ms if scrapes is not None else None,
+        steal=sample.steal,
     )
 
 
@@ -734,7 +736,7 @@ def _progress(row: Row) -> str:
         f"r{row.round} {row.config:<21} {row.scenario:<12} rps={row.rps:9.0f} "
         f"p50={row.p50_ms:7.3f}ms p99={row.p99_ms:7.3f}ms cpu/req={row.cpu_us_per_req:7.1f}us"
         f"{extra} core0={row.core0_busy:.2f} core1={row.core1_busy:.2f} "
-        f"err={row.non2xx}+{row.socket_errors}"
+        f"steal={row.steal:.1%} err={row.non2xx}+{row.socket_errors}"
     )
 
 
@@ -1000,6 +1002,31 @@ def compiled_gain(rows: Sequence[Row]) -> str:
     return "Compiled ÷ interpreted request path (paired per round): " + "; ".join(parts) + "."
 
 
+DISTURBED_STEAL: Final = 0.05
+"""A wrk run during which the hypervisor took more than this share of the CPU is disturbed."""
+
+
+def steal_note(rows: Sequence[Row]) -> str:
+    """How much CPU the hypervisor took from the machine during the wrk runs: the figures of
+    a disturbed run say as much about the machine as about the code."""
+    if not rows:
+        return "Steal: no runs."
+    steals = [r.steal for r in rows]
+    disturbed = [r for r in rows if r.steal > DISTURBED_STEAL]
+    worst = max(rows, key=lambda r: r.steal)
+    line = (
+        f"Steal (CPU time the hypervisor gave to other guests, from /proc/stat): median "
+        f"{statistics.median(steals):.1%} of the machine during the wrk runs, at most "
+        f"{worst.steal:.1%} ({worst.config} {worst.scenario}, round {worst.round})"
+    )
+    if not disturbed:
+        return line + "; no run was disturbed."
+    return (
+        line + f"; {len(disturbed)} of {len(rows)} runs above {DISTURBED_STEAL:.0%}, "
+        "whose figures are less reliable."
+    )
+
+
 def _percent(ratio: float) -> str:
     return f"{(ratio - 1) * 100:+.1f} %"
 
@@ -1036,6 +1063,7 @@ def report(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     lines = [f"Verdict: {_overall(found)}", *(f"* {v.line()}" for v in found)]
     lines.append(f"* {ACCESS_LOG_NOTE}")
     lines.append(f"* {compiled_gain(rows)}")
+    lines.append(f"* {steal_note(rows)}")
     parts += ["\n".join(lines), issue5_section(rows, notes)]
     return "\n\n".join(parts)
 
