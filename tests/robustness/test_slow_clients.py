@@ -46,11 +46,14 @@ LORIS: Final = 500
 """Slowloris connections at once (the checklist's 500)."""
 PROBES: Final = 50
 """Normal requests measured before the slowloris (during it, they go on until its end)."""
-LATENCY_FLOOR: Final = 0.05
+LATENCY_FLOOR: Final = 0.2
 """Seconds under which a p99 is noise on a loaded machine, not a slowdown: the p99 during the
 attack must stay under twice the baseline's, or under this floor (measured on an idle
 machine: about 1 ms before and during). A dispatcher that let the dribblers hold it up
-would show latencies near ``DEADLINE``."""
+would show latencies near ``DEADLINE``. The floor leaves room for the one sweep that cuts
+all the dribblers at their deadline: a request that arrives during it waits for it, which
+took 65 ms in CI's interpreted run under coverage (500 408s) on a VM losing CPU to its
+neighbours."""
 
 
 # --- 36. Slowloris --------------------------------------------------------------------------
