@@ -601,8 +601,8 @@ def _response_block(lines: bytes) -> ResponseBlock:
     know of the lines it removed, and whether it kept an ``X-Request-Id``.
 
     The C filter answers the common case (a few hop-by-hop lines, ``Connection:
-    keep-alive``) in a fifth of a microsecond; the regex filter below takes 3 µs a head and
-    answers every case, the same way."""
+    keep-alive``) in about 2,000 instructions; the regex filter below takes about 14,000 a
+    head (callgrind) and answers every case, the same way."""
     fast = _FAST_FILTER
     if fast is not None:
         found = fast(lines)
